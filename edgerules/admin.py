@@ -1,0 +1,169 @@
+"""The proxy's own endpoints under `/__edgerules/`: health, status, Prometheus metrics, the analytics collector,
+reload and cache purge.
+
+Never routed to an origin. Reachable from `admin.allow_cidrs` (loopback by default) or with the admin token
+(`Authorization: Bearer <token>`, compared in constant time); everyone else gets the same 404 as an unknown path.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from edgerules.engine.values import Answer, HeaderView
+from edgerules.stores.base import StoreUnavailable
+
+if TYPE_CHECKING:
+    from edgerules.runtime import EdgeRuntime
+
+_NOT_FOUND = Answer.json(404, {"error": "Not found"}, "not_found")
+
+
+def admin_allowed(runtime: EdgeRuntime, client_ip: str, headers: HeaderView) -> bool:
+    policy = runtime.policy
+    if policy is None:
+        return _is_loopback(client_ip)
+    token = policy.admin.token
+    if token:
+        sent = headers.get("authorization") or ""
+        if sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].strip().encode(), token.encode()):
+            return True
+    try:
+        address = ipaddress.ip_address(client_ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address.version == net.version and address in net for net in policy.admin.allow_cidrs)
+
+
+def _is_loopback(client_ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(client_ip.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _json(status: int, payload: Any, kind: str = "admin") -> Answer:
+    return Answer.json(status, payload, kind, [("Cache-Control", "no-store")])
+
+
+async def handle_admin(
+    runtime: EdgeRuntime, method: str, path: str, headers: HeaderView, body: bytes, client_ip: str
+) -> Answer:
+    if not admin_allowed(runtime, client_ip, headers):
+        return _NOT_FOUND
+    name = path[len("/__edgerules/") :].strip("/")
+    handler = _ROUTES.get(name)
+    if handler is None:
+        return _NOT_FOUND
+    allowed_method, func = handler
+    if method != allowed_method:
+        return Answer.json(
+            405, {"error": "Method not allowed"}, "method_not_allowed", [("Allow", allowed_method)]
+        )
+    return await func(runtime, body)
+
+
+async def _health(runtime: EdgeRuntime, body: bytes) -> Answer:
+    policy = runtime.policy
+    ok = policy is not None
+    return _json(
+        200 if ok else 503, {"status": "ok" if ok else "no policy", "version": policy and policy.version}
+    )
+
+
+async def _status(runtime: EdgeRuntime, body: bytes) -> Answer:
+    policy = runtime.policy
+    status = runtime.reload_status
+    store: dict[str, Any] = {"ok": None}
+    if runtime.state is not None:
+        try:
+            health = await runtime.state.store.health()
+            store = {"ok": health.ok, "detail": health.detail}
+        except Exception as exc:  # a broken store is exactly what this endpoint must report
+            store = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+    payload = {
+        "policy": {
+            "name": policy.name if policy else None,
+            "version": policy.version if policy else None,
+            "environment": runtime.env,
+            "files": list(policy.files) if policy else [runtime.policy_path],
+            "loaded_at": status.loaded_at,
+        },
+        "reload": {
+            "reloads": status.reloads,
+            "failures": status.failures,
+            "last_error": status.last_error,
+        },
+        "regions": runtime.health.snapshot(list(policy.regions)) if policy else {},
+        "store": store,
+        "time": time.time(),
+    }
+    return _json(200, payload)
+
+
+async def _metrics(runtime: EdgeRuntime, body: bytes) -> Answer:
+    text = runtime.prometheus_text()
+    return Answer(
+        200, (("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),), text.encode(), "admin"
+    )
+
+
+async def _analytics(runtime: EdgeRuntime, body: bytes) -> Answer:
+    from edgerules.metrics import parse_collector_document
+
+    try:
+        records = parse_collector_document(body)
+    except ValueError as exc:
+        return _json(400, {"error": f"Invalid metrics document: {exc}"}, "invalid_request")
+    if not isinstance(records, list):
+        records = [records]
+    if runtime.metrics is not None:
+        for record in records:
+            runtime.metrics.record(record)
+    return _json(200, {"accepted": len(records)})
+
+
+async def _reload(runtime: EdgeRuntime, body: bytes) -> Answer:
+    ok = await runtime.reload()
+    status = runtime.reload_status
+    return _json(
+        200 if ok else 422,
+        {
+            "reloaded": ok,
+            "last_error": status.last_error,
+            "version": runtime.policy.version if runtime.policy else None,
+        },
+    )
+
+
+async def _purge(runtime: EdgeRuntime, body: bytes) -> Answer:
+    try:
+        request = json.loads(body or b"{}")
+    except ValueError:
+        return _json(400, {"error": 'body must be JSON: {"all": true} | {"prefix": "/path"} | {"key": K}'})
+    if not isinstance(request, dict) or not ({"all", "prefix", "key"} & request.keys()):
+        return _json(400, {"error": "say what to purge: all, prefix or key"})
+    if runtime.state is None:
+        return _json(503, {"error": "no policy loaded"})
+    try:
+        removed = await runtime.state.cache.purge(
+            all=bool(request.get("all")), path_prefix=request.get("prefix"), key=request.get("key")
+        )
+    except StoreUnavailable as exc:
+        return _json(503, {"error": f"store unavailable: {exc}"})
+    return _json(200, {"purged": removed})
+
+
+_ROUTES = {
+    "health": ("GET", _health),
+    "status": ("GET", _status),
+    "metrics": ("GET", _metrics),
+    "analytics": ("POST", _analytics),
+    "reload": ("POST", _reload),
+    "cache/purge": ("POST", _purge),
+}

@@ -1,0 +1,143 @@
+"""The `edgerules` console script.
+
+One function per subcommand: `_add_<name>(subparsers)` declares its arguments and `cmd_<name>(args) -> int`
+runs it. Add a command by writing both and listing the adder in `COMMANDS`. Exit codes: 0 ok, 1 the policy (or
+the input) is invalid, 2 usage error (argparse), 3 internal error (a bug: reported, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+# --------------------------------------------------------------------------------------------- validate
+
+
+def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="check policy files (schema, semantics, every environment) and report every problem",
+        description="Check policy files. Without --env the base and every environment overlay are checked.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="policy files (YAML)")
+    p.add_argument("--env", metavar="NAME", help="check only this environment overlay")
+    p.add_argument("--format", choices=("text", "json", "github"), default="text", help="output format")
+    p.add_argument(
+        "--for-serving",
+        action="store_true",
+        help="also require every ${env:NAME} without default to be set and secrets to be strong enough",
+    )
+    p.set_defaults(func=cmd_validate)
+
+
+def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
+    from edgerules.diagnostics import format_diagnostics
+    from edgerules.policy import FileReport, validate_file
+
+    reports: list[FileReport] = [
+        validate_file(path, args.env, environ=os.environ, for_serving=args.for_serving) for path in args.files
+    ]
+    ok = all(r.ok for r in reports)
+    if args.format == "json":
+        doc = {
+            "ok": ok,
+            "files": [{"file": r.path, "ok": r.ok, **(_summary_fields(r) if r.ok else {})} for r in reports],
+            "diagnostics": json.loads(
+                format_diagnostics([d for r in reports for d in r.diagnostics], "json")
+            ),
+        }
+        print(json.dumps(doc, indent=2), file=out)
+        return EXIT_OK if ok else EXIT_INVALID
+    for r in reports:
+        if r.diagnostics:
+            print(format_diagnostics(r.diagnostics, args.format), file=out)
+        if r.ok:
+            print(_summary_line(r), file=out)
+    if not ok:
+        errors = sum(d.severity == "error" for r in reports for d in r.diagnostics)
+        bad = sum(not r.ok for r in reports)
+        print(f"{errors} error{'s' * (errors != 1)} in {bad} file{'s' * (bad != 1)}", file=out)
+    return EXIT_OK if ok else EXIT_INVALID
+
+
+def _summary_fields(report: object) -> dict[str, object]:
+    from edgerules.policy import FileReport
+
+    assert isinstance(report, FileReport)
+    policy = next(iter(report.policies.values()), None)
+    warnings = sum(d.severity == "warning" for d in report.diagnostics)
+    return {
+        "regions": len(policy.regions) if policy else 0,
+        "countries": len(policy.routing.countries) if policy else 0,
+        "environments": report.environments,
+        "warnings": warnings,
+    }
+
+
+def _summary_line(report: object) -> str:
+    f = _summary_fields(report)
+    envs = f["environments"]
+    assert isinstance(envs, list)
+    parts = [
+        _plural(f["regions"], "region"),
+        _plural(f["countries"], "country", "countries"),
+        _plural(len(envs), "environment"),
+    ]
+    if f["warnings"]:
+        parts.append(_plural(f["warnings"], "warning"))
+    path = getattr(report, "path", "?")
+    return f"{path}: ok ({', '.join(parts)})"
+
+
+def _plural(n: object, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+# --------------------------------------------------------------------------------------------- main
+
+COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [_add_validate]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edgerules import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="edgerules",
+        description="A declarative rules engine for mitmproxy: validate and test YAML policies.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgerules {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """Run the CLI; returns the exit code (argparse exits 2 itself on a usage error)."""
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args, out))
+    except KeyboardInterrupt:
+        print("edgerules: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # a bug in edgerules, never the user's fault: say so without a traceback
+        print(f"edgerules: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        print("please report this; set EDGERULES_DEBUG=1 to see the traceback", file=sys.stderr)
+        if os.environ.get("EDGERULES_DEBUG"):
+            traceback.print_exc()
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

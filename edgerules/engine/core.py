@@ -1,0 +1,592 @@
+"""The request and response phases: a policy and a request in, a decision and its trace out.
+
+Order matters and is fixed: identity headers are stripped first (whatever happens next), the path is normalised
+before any rule sees it, CORS preflight is answered before authentication (browsers send it without
+credentials), validation and authentication happen before anything touches the cache or an origin, and the
+cache key always carries the authenticated principal.
+"""
+
+from __future__ import annotations
+
+from edgerules.auth.apikeys import authenticate_api_key
+from edgerules.auth.identity import identity_headers, is_spoofable_header, parse_authorization
+from edgerules.auth.jwt import AuthFailure
+from edgerules.engine import cors
+from edgerules.engine.errors import error_answer
+from edgerules.engine.geo import is_trusted, locate
+from edgerules.engine.match import matches, media_matches, media_type
+from edgerules.engine.routing import choose_targets, make_target
+from edgerules.engine.state import EngineState
+from edgerules.engine.values import (
+    Answer,
+    Context,
+    Decision,
+    EdgeRequest,
+    EdgeResponse,
+    Forward,
+    HeaderView,
+    TraceEntry,
+)
+from edgerules.httpcache import (
+    cache_key,
+    effective_principal,
+    evaluate_conditional,
+    not_modified_headers,
+    replay_headers,
+)
+from edgerules.model import Policy
+from edgerules.paths import PathError, normalise_path
+from edgerules.stores.base import StoreUnavailable
+
+_SCHEME_NAMES = {"bearer": "Bearer"}
+
+
+class _Run:
+    """One request's pass through the phases (kept as an object so each phase stays a small method)."""
+
+    __slots__ = ("ctx", "policy", "remove", "req", "set_headers", "state", "trace")
+
+    def __init__(self, req: EdgeRequest, policy: Policy, state: EngineState) -> None:
+        self.req = req
+        self.policy = policy
+        self.state = state
+        self.ctx = Context()
+        self.trace: list[TraceEntry] = []
+        self.set_headers: list[tuple[str, str]] = []
+        self.remove: list[str] = []
+
+    def note(self, phase: str, rule: str, outcome: str, detail: str = "", source: str = "") -> None:
+        self.trace.append(TraceEntry(phase, rule, outcome, detail, source))
+
+    def answer(self, answer: Answer) -> Decision:
+        self.ctx.error = answer.kind if answer.status >= 400 else None
+        return Decision(answer, self.ctx, self.trace)
+
+    def fail(self, kind: str, phase: str, detail: str, source: str = "", **kw) -> Decision:
+        self.note(phase, kind, "refused", detail, source)
+        return self.answer(error_answer(self.policy, kind, **kw))
+
+
+async def decide_request(req: EdgeRequest, policy: Policy, state: EngineState) -> Decision:
+    run = _Run(req, policy, state)
+    ctx = run.ctx
+    headers = req.headers
+
+    _strip_identity_headers(run)
+
+    if len(req.path) + len(req.query) > policy.validation.max_url_length:
+        return run.fail(
+            "uri_too_long", "validation", f"URL longer than {policy.validation.max_url_length} bytes"
+        )
+    try:
+        ctx.path = path = normalise_path(req.path)
+    except PathError as exc:
+        return run.fail("invalid_request", "validation", str(exc), reason="invalid_path")
+    if path != req.path:
+        run.note("normalise", "path", "rewritten", f"{req.path} -> {path}")
+
+    ctx.country, ctx.lat, ctx.lon, how = locate(policy.geo, req.client_ip, headers)
+    run.note("geo", "country", ctx.country, how)
+    _classify(run)
+
+    # Path allowlist first: nothing below (not even CORS) runs for a path the policy does not serve.
+    validation = policy.validation
+    if validation.allow_paths is not None:
+        hit = validation.allow_paths.match(path)
+        if hit is None:
+            return run.fail(
+                "path_not_allowed",
+                "validation",
+                f"{path} is not in allow_paths",
+                validation.allow_paths_source,
+            )
+        pattern = validation.allow_paths.patterns[hit]
+        run.note(
+            "validation", f"allow_paths {pattern.kind} {pattern.value}", "matched", source=pattern.source
+        )
+
+    ctx.origin = headers.get("origin")
+    ctx.cors_rule = rule = cors.find_rule(policy.cors, path)
+    if rule is not None and cors.is_preflight(req.method, headers):
+        allowed, cors_headers, why = cors.preflight(rule, headers)
+        run.note("cors", rule.name, "preflight" if allowed else "refused", why, rule.source)
+        if not allowed:
+            return run.answer(error_answer(policy, "forbidden", headers=cors_headers, reason="cors"))
+        return run.answer(Answer(204, tuple(cors_headers), b"", "preflight"))
+
+    refusal = _validate(run)
+    if refusal is not None:
+        return refusal
+
+    refusal = await _authenticate(run)
+    if refusal is not None:
+        return refusal
+
+    refusal = await _rate_limit(run)
+    if refusal is not None:
+        return refusal
+
+    cached = await _cache_lookup(run)
+    if cached is not None:
+        return cached
+
+    return _route(run)
+
+
+def _strip_identity_headers(run: _Run) -> None:
+    auth = run.policy.auth
+    protected = auth.strip_headers if auth else ()
+    names = auth.identity_headers if auth else None
+    extra = (names.user, names.role, names.permissions, names.authenticated_at) if names else ()
+    for name in run.req.headers.names():
+        if is_spoofable_header(name, (*protected, *(n.lower() for n in extra))):
+            run.remove.append(name)
+            run.note("strip", name, "removed", "client-sent identity header")
+
+
+def _classify(run: _Run) -> None:
+    classify = run.policy.classify
+    req, ctx = run.req, run.ctx
+    ctx.request_class = classify.default_class
+    for rc in classify.classes:
+        if matches(rc.match, path=ctx.path, method=req.method, headers=req.headers, country=ctx.country):
+            ctx.request_class = rc.name
+            run.note("classify", f"class {rc.name}", "matched", source=rc.source)
+            break
+    ctx.priority = classify.default_priority
+    for pr in classify.priorities:
+        if matches(
+            pr.match,
+            path=ctx.path,
+            method=req.method,
+            headers=req.headers,
+            request_class=ctx.request_class,
+            country=ctx.country,
+        ):
+            ctx.priority = pr.priority
+            run.note("classify", f"priority {pr.priority}", "matched", source=pr.source)
+            break
+
+
+def is_stream_class(policy: Policy, name: str | None) -> bool:
+    return any(rc.name == name and rc.stream for rc in policy.classify.classes)
+
+
+def _validate(run: _Run) -> Decision | None:
+    v = run.policy.validation
+    req = run.req
+    if v.methods is not None and req.method not in v.methods:
+        allow = ", ".join(sorted(v.methods))
+        return run.fail(
+            "method_not_allowed",
+            "validation",
+            f"{req.method} not in {allow}",
+            v.source,
+            headers=[("Allow", allow)],
+        )
+    content_type = req.headers.get("content-type")
+    if req.method in v.require_content_type and not content_type:
+        return run.fail("content_type_required", "validation", f"{req.method} needs a Content-Type", v.source)
+    allowed_types = v.content_types.get(req.method)
+    if content_type and allowed_types is not None:
+        media = media_type(content_type)
+        if not media_matches(media, allowed_types):
+            return run.fail(
+                "unsupported_media_type",
+                "validation",
+                f"{content_type!r} is not one of {', '.join(allowed_types)}",
+                v.source,
+            )
+    if v.max_body_size is not None:
+        declared = _declared_length(req.headers)
+        if declared == -1:
+            return run.fail(
+                "invalid_request", "validation", "malformed Content-Length", reason="content_length"
+            )
+        size = req.body_size if req.body_size is not None else declared
+        if size is not None and size > v.max_body_size:
+            return run.fail("payload_too_large", "validation", f"{size} bytes > {v.max_body_size}", v.source)
+    return None
+
+
+def _declared_length(headers: HeaderView) -> int | None:
+    """Content-Length as an int; -1 when it is malformed or repeated with different values."""
+    values = headers.get_all("content-length")
+    if not values:
+        return None
+    distinct = {v.strip() for v in values}
+    if len(distinct) != 1:
+        return -1
+    (value,) = distinct
+    return int(value) if value.isdigit() else -1
+
+
+def body_too_large(policy: Policy, size: int) -> Answer | None:
+    """The actual body, once read, against the policy's limit (the declared length may lie or be absent)."""
+    limit = policy.validation.max_body_size
+    if limit is not None and size > limit:
+        return error_answer(policy, "payload_too_large")
+    return None
+
+
+def _auth_schemes_for(run: _Run) -> tuple[str, ...] | None:
+    """Accepted schemes for this request; None means public."""
+    auth = run.policy.auth
+    ctx, req = run.ctx, run.req
+    if auth.public is not None and matches(
+        auth.public,
+        path=ctx.path,
+        method=req.method,
+        headers=req.headers,
+        request_class=ctx.request_class,
+        country=ctx.country,
+    ):
+        run.note("auth", "public", "matched", source=auth.public_source)
+        return None
+    for rule in auth.rules:
+        if matches(
+            rule.match,
+            path=ctx.path,
+            method=req.method,
+            headers=req.headers,
+            request_class=ctx.request_class,
+            country=ctx.country,
+        ):
+            run.note("auth", f"rule schemes={list(rule.schemes)}", "matched", source=rule.source)
+            return rule.schemes or None
+    return auth.schemes
+
+
+async def _authenticate(run: _Run) -> Decision | None:
+    auth = run.policy.auth
+    if auth is None:
+        return None
+    ctx, req = run.ctx, run.req
+    schemes = _auth_schemes_for(run)
+    if schemes is None:
+        ctx.auth_outcome = "public"
+        return None
+    challenge = _challenges(run, schemes)
+    try:
+        scheme, credentials = parse_authorization(req.headers.get_all("authorization"))
+        scheme_key = _scheme_key(run, scheme)
+        if scheme_key is None or scheme_key not in schemes:
+            raise AuthFailure("scheme_not_allowed", f"the {scheme} scheme is not accepted here")
+        if scheme_key == "bearer":
+            if auth.jwt is None:
+                raise AuthFailure("scheme_not_allowed", "no JWT configuration")
+            verifier = run.state.verifier(auth.jwt)
+            try:
+                identity = verifier.verify(credentials)
+            except AuthFailure as exc:
+                if exc.reason != "unknown_kid":
+                    raise
+                identity = await verifier.verify_async(credentials)
+        else:
+            identity = await authenticate_api_key(run.state.keys, credentials, run.state.now())
+    except AuthFailure as exc:
+        ctx.auth_outcome = f"failed:{exc.reason}"
+        return run.fail("unauthorized", "auth", exc.reason, auth.source, headers=challenge, reason=exc.reason)
+    except StoreUnavailable as exc:
+        ctx.auth_outcome = "failed:store_unavailable"
+        return run.fail("auth_unavailable", "auth", f"key store unavailable: {exc}", auth.source)
+    ctx.identity = identity
+    ctx.auth_outcome = identity.method
+    names = auth.identity_headers
+    header_names = {
+        "user": names.user,
+        "role": names.role,
+        "permissions": names.permissions,
+        "authenticated_at": names.authenticated_at,
+    }
+    run.set_headers.extend(identity_headers(identity, header_names, run.state.now()))
+    run.note("auth", identity.method, "accepted", f"user {identity.user}", auth.source)
+    return None
+
+
+def _scheme_key(run: _Run, scheme: str) -> str | None:
+    lowered = scheme.lower()
+    if lowered == "bearer":
+        return "bearer"
+    if lowered == run.policy.auth.api_key_scheme.lower():
+        return "api_key"
+    return None
+
+
+def _challenges(run: _Run, schemes: tuple[str, ...]) -> list[tuple[str, str]]:
+    realm = run.policy.name
+    out = []
+    for scheme in schemes:
+        name = _SCHEME_NAMES.get(scheme) or run.policy.auth.api_key_scheme
+        out.append(("WWW-Authenticate", f'{name} realm="{realm}"'))
+    return out
+
+
+async def _rate_limit(run: _Run) -> Decision | None:
+    ctx, req = run.ctx, run.req
+    identity = ctx.identity
+    for match, rule, per_key_override in run.policy.rate_limits:
+        if match is not None and not matches(
+            match,
+            path=ctx.path,
+            method=req.method,
+            headers=req.headers,
+            request_class=ctx.request_class,
+            country=ctx.country,
+        ):
+            continue
+        limit, window = rule.limit, rule.window
+        if rule.key == "client_ip":
+            subject = req.client_ip
+        elif identity is None:
+            continue
+        elif rule.key == "api_key":
+            if identity.method != "api_key":
+                continue
+            subject = identity.principal
+            own = getattr(identity, "rate_limit", None)
+            if per_key_override and own:
+                limit, window = own
+        else:
+            subject = identity.principal
+        try:
+            result = await run.state.limiter.hit(rule.name, subject, limit, window)
+        except StoreUnavailable as exc:
+            # Limits are abuse control, not authentication: with the store down they let traffic through
+            # (API keys already failed closed in the auth phase). Counted and traced.
+            run.note("ratelimit", rule.name, "skipped", f"store unavailable: {exc}", rule.source)
+            continue
+        ctx.rate_limits.append(result)
+        if not result.allowed:
+            ctx.error = "rate_limited"
+            return run.fail(
+                "rate_limited",
+                "ratelimit",
+                f"{rule.name}: {limit} per {window:g}s",
+                rule.source,
+                headers=run.state.limiter.headers(result),
+            )
+        run.note("ratelimit", rule.name, "allowed", f"{result.remaining} left", rule.source)
+    return None
+
+
+def _cache_rule(run: _Run):
+    cache = run.policy.cache
+    if cache is None:
+        return None
+    ctx, req = run.ctx, run.req
+    if cache.never is not None and matches(
+        cache.never,
+        path=ctx.path,
+        method=req.method,
+        headers=req.headers,
+        request_class=ctx.request_class,
+        country=ctx.country,
+    ):
+        run.note("cache", "never", "matched", source=cache.source)
+        return None
+    if is_stream_class(run.policy, ctx.request_class) or req.websocket:
+        return None
+    for match, rule in cache.rules:
+        if matches(
+            match,
+            path=ctx.path,
+            method=req.method,
+            headers=req.headers,
+            request_class=ctx.request_class,
+            country=ctx.country,
+        ):
+            run.note("cache", rule.name, "matched", source=rule.source)
+            return rule
+    return None
+
+
+async def _cache_lookup(run: _Run) -> Decision | None:
+    ctx, req = run.ctx, run.req
+    rule = _cache_rule(run)
+    if rule is None:
+        return None
+    ctx.cache_rule = rule
+    principal = None
+    if rule.key_principal:
+        # The authenticated principal, or a hash of whatever credentials came on a public path: never the
+        # seed's shared 8-character prefix (flaw 1).
+        principal = effective_principal(ctx.identity.principal if ctx.identity else None, req.headers.pairs)
+    key_headers = {name: req.headers.get(name) or "" for name in rule.key_headers}
+    ctx.cache_key = cache_key(req.method, req.scheme, req.host, ctx.path, req.query, principal, key_headers)
+    lookup = await run.state.cache.lookup(rule, ctx.cache_key, req.method, req.headers.pairs)
+    ctx.cache_status = str(lookup.status)
+    ctx.cache_reason = lookup.reason
+    entry = lookup.entry
+    run.note("cache", rule.name, ctx.cache_status, ctx.cache_reason)
+    if lookup.servable and entry is not None:
+        now = run.state.now()
+        if evaluate_conditional(req.headers.pairs, entry):
+            return run.answer(Answer(304, tuple(not_modified_headers(entry, now)), b"", "not_modified"))
+        return run.answer(Answer(entry.status, tuple(replay_headers(entry, now)), entry.body, "cache_hit"))
+    return None
+
+
+def _route(run: _Run) -> Decision:
+    policy, req, ctx = run.policy, run.req, run.ctx
+    path_and_query = ctx.path + (f"?{req.query}" if req.query else "")
+    targets, order = choose_targets(
+        policy, ctx.country, ctx.lat, ctx.lon, path_and_query, run.state.health.is_healthy
+    )
+    if not targets:
+        if policy.routing.when_all_unhealthy == "reject" or not order:
+            return run.fail(
+                "all_regions_down", "routing", f"none of {list(order)} is healthy", policy.routing.source
+            )
+        primary = policy.regions[order[0]]
+        targets = [make_target(policy, primary, "fallback", ctx.lat, ctx.lon, path_and_query, degraded=True)]
+        run.note(
+            "routing",
+            order[0],
+            "fallback",
+            "every candidate unhealthy: primary, degraded",
+            policy.routing.source,
+        )
+    else:
+        skipped = order[: order.index(targets[0].region)]
+        detail = f"skipped unhealthy {list(skipped)}" if skipped else f"candidates {list(order)}"
+        run.note("routing", targets[0].region, targets[0].priority, detail, policy.routing.source)
+    first = targets[0]
+    ctx.region, ctx.routing_priority, ctx.degraded = first.region, first.priority, first.degraded
+
+    classify = policy.classify
+    if classify.class_header and ctx.request_class:
+        run.set_headers.append((classify.class_header, ctx.request_class))
+    if classify.priority_header and ctx.priority:
+        run.set_headers.append((classify.priority_header, ctx.priority))
+    if policy.routing.headers.forwarded:
+        _forwarded_headers(run)
+    _request_header_rules(run)
+    stream = req.websocket or is_stream_class(policy, ctx.request_class)
+    forward = Forward(
+        targets=tuple(targets),
+        set_headers=tuple(run.set_headers),
+        remove_headers=tuple(dict.fromkeys(n.lower() for n in run.remove)),
+        timeout=policy.routing.timeout,
+        connect_timeout=policy.routing.connect_timeout,
+        stream=stream,
+    )
+    return Decision(forward, ctx, run.trace)
+
+
+def _forwarded_headers(run: _Run) -> None:
+    req = run.req
+    previous = req.headers.get("x-forwarded-for")
+    if previous and is_trusted(run.policy.geo, req.client_ip):
+        run.set_headers.append(("X-Forwarded-For", f"{previous}, {req.client_ip}"))
+    else:
+        run.set_headers.append(("X-Forwarded-For", req.client_ip))
+    run.set_headers.append(("X-Forwarded-Proto", req.scheme))
+
+
+def _request_header_rules(run: _Run) -> None:
+    req, ctx = run.req, run.ctx
+    present = {name for name in req.headers.names()}
+    for rule in run.policy.headers.request:
+        kw = dict(
+            path=ctx.path,
+            method=req.method,
+            headers=req.headers,
+            request_class=ctx.request_class,
+            country=ctx.country,
+        )
+        if rule.match is not None and not matches(rule.match, **kw):
+            continue
+        if rule.unless is not None and matches(rule.unless, **kw):
+            continue
+        run.set_headers.extend(rule.set)
+        for name, value in rule.add_if_absent:
+            if name.lower() not in present:
+                run.set_headers.append((name, value))
+        run.remove.extend(rule.remove)
+        run.note("headers", rule.name, "applied", source=rule.source)
+
+
+# ---------------------------------------------------------------------------------------------------- response
+
+
+def response_headers(
+    decision: Decision, policy: Policy, response: EdgeResponse, *, now: float
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Headers to set (replacing) and names to remove on the response the client gets.
+
+    Runs for every response: from an origin, from the cache, and the edge's own answers.
+    """
+    ctx = decision.context
+    to_set: list[tuple[str, str]] = []
+    to_remove: list[str] = []
+    headers = policy.headers
+    content_type = media_type(response.headers.get("content-type"))
+    if not isinstance(decision.outcome, Answer) or decision.outcome.kind in ("cache_hit", "not_modified"):
+        for rule in headers.response:
+            if rule.response_statuses is not None and response.status not in rule.response_statuses:
+                continue
+            if rule.response_content_types is not None and not media_matches(
+                content_type, rule.response_content_types
+            ):
+                continue
+            if (
+                rule.match is not None
+                and ctx.path is not None
+                and not matches(
+                    rule.match,
+                    path=ctx.path,
+                    method="GET",
+                    headers=HeaderView(),
+                    request_class=ctx.request_class,
+                    country=ctx.country,
+                )
+            ):
+                continue
+            to_set.extend(rule.set)
+            for name, value in rule.add_if_absent:
+                if name not in response.headers:
+                    to_set.append((name, value))
+            to_remove.extend(rule.remove)
+    to_set.extend(headers.security)
+    if headers.processed_region and ctx.region:
+        to_set.append((headers.processed_region, ctx.region))
+    cache = policy.cache
+    if cache is not None and ctx.cache_status:
+        to_set.append((cache.status_header, ctx.cache_status))
+        to_set.extend((name, ctx.cache_status) for name in cache.extra_status_headers)
+        if cache.processed_header:
+            to_set.append((cache.processed_header, _iso(now)))
+    if ctx.cors_rule is not None:
+        to_set.extend(cors.response_headers(ctx.cors_rule, ctx.origin))
+        vary = response.headers.get("vary")
+        if vary is None:
+            to_set.append(("Vary", "Origin"))
+        elif vary.strip() != "*" and "origin" not in {v.strip().lower() for v in vary.split(",")}:
+            to_set.append(("Vary", f"{vary}, Origin"))
+    if ctx.rate_limits and not (
+        isinstance(decision.outcome, Answer) and decision.outcome.kind == "rate_limited"
+    ):
+        tightest = min(ctx.rate_limits, key=lambda r: r.remaining)
+        to_set.extend(
+            (name, value) for name, value in _rate_limit_headers(tightest) if name.lower() != "retry-after"
+        )
+    return to_set, to_remove
+
+
+def _rate_limit_headers(result) -> list[tuple[str, str]]:
+    return [
+        ("RateLimit-Limit", str(result.limit)),
+        ("RateLimit-Remaining", str(result.remaining)),
+        ("RateLimit-Reset", str(max(0, round(result.reset_after)))),
+    ]
+
+
+def _iso(timestamp: float) -> str:
+    import datetime
+
+    return (
+        datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )

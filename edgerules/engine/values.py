@@ -1,0 +1,168 @@
+"""The engine's inputs and outputs: small immutable values, no mitmproxy types.
+
+The addon builds an `EdgeRequest` from a flow; `explain`, `test` and `replay` build the same value from a command
+line, a YAML test case or a recorded flow. The engine answers with a `Decision`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class HeaderView:
+    """Case-insensitive, multi-valued, read-only view of request or response headers."""
+
+    __slots__ = ("_index", "pairs")
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
+        self.pairs: tuple[tuple[str, str], ...] = tuple(pairs)
+        index: dict[str, list[str]] = {}
+        for name, value in self.pairs:
+            index.setdefault(name.lower(), []).append(value)
+        self._index = index
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        values = self._index.get(name.lower())
+        return values[0] if values else default
+
+    def get_all(self, name: str) -> list[str]:
+        return list(self._index.get(name.lower(), ()))
+
+    def __contains__(self, name: str) -> bool:
+        return name.lower() in self._index
+
+    def names(self) -> list[str]:
+        return list(self._index)
+
+    def __repr__(self) -> str:
+        return f"HeaderView({list(self.pairs)!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeRequest:
+    method: str
+    path: str  # raw path as received, without the query string
+    query: str = ""
+    scheme: str = "http"
+    host: str = ""
+    port: int = 80
+    headers: HeaderView = field(default_factory=HeaderView)
+    client_ip: str = "127.0.0.1"
+    body_size: int | None = None  # actual size when known, else the declared Content-Length
+    timestamp: float = 0.0
+    websocket: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}{self.path}{'?' + self.query if self.query else ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEntry:
+    phase: str
+    rule: str
+    outcome: str  # "matched", "skipped", "refused", "set", ...
+    detail: str = ""
+    source: str = ""  # "file:line" of the rule in the policy
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "phase": self.phase,
+            "rule": self.rule,
+            "outcome": self.outcome,
+            "detail": self.detail,
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The edge answers the client itself (errors, preflight, cache hits, admin)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    kind: str  # error kind ("rate_limited"), "preflight", "cache_hit", "not_modified", ...
+
+    @classmethod
+    def json(cls, status: int, payload: Any, kind: str, headers: Iterable[tuple[str, str]] = ()) -> Answer:
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        return cls(status, (("Content-Type", "application/json"), *headers), body, kind)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One region the request may go to, in failover order."""
+
+    region: str
+    priority: str  # "primary" | "secondary" | "tertiary" | "fallback"
+    scheme: str
+    host: str
+    port: int
+    path: str  # base path + normalised path + query
+    headers: tuple[tuple[str, str], ...]  # per-target headers (routing headers, Host)
+    degraded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    targets: tuple[Target, ...]
+    set_headers: tuple[tuple[str, str], ...]
+    remove_headers: tuple[str, ...]  # lower-case names
+    timeout: float
+    connect_timeout: float
+    stream: bool = False  # mitmproxy forwards it itself (audio streams, WebSockets)
+
+
+@dataclass(slots=True)
+class Context:
+    """What the request phase learned, for the response phase, metrics and tests."""
+
+    path: str | None = None  # normalised
+    country: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    request_class: str | None = None
+    priority: str | None = None
+    identity: Any = None  # edgerules.auth.jwt.Identity
+    auth_outcome: str = "none"  # "public" | "jwt" | "api_key" | "failed:<reason>" | "none"
+    rate_limits: list[Any] = field(default_factory=list)  # RateLimitResult, per rule applied
+    region: str | None = None
+    routing_priority: str | None = None
+    degraded: bool = False
+    cors_rule: Any = None  # model.CorsRule matched for this path
+    origin: str | None = None
+    cache_rule: Any = None  # httpcache.CacheRule
+    cache_key: str | None = None
+    cache_status: str | None = None  # HIT/MISS/BYPASS/...
+    cache_reason: str = ""
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Decision:
+    outcome: Answer | Forward
+    context: Context
+    trace: list[TraceEntry]
+
+    @property
+    def answered(self) -> bool:
+        return isinstance(self.outcome, Answer)
+
+    def trace_text(self) -> str:
+        lines = []
+        for entry in self.trace:
+            where = f"  ({entry.source})" if entry.source else ""
+            detail = f": {entry.detail}" if entry.detail else ""
+            lines.append(f"{entry.phase:<11} {entry.outcome:<9} {entry.rule}{detail}{where}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeResponse:
+    status: int
+    headers: HeaderView
+    body_size: int | None = None

@@ -1,0 +1,785 @@
+"""HTTP caching rules for a shared cache (RFC 9111, RFC 5861 stale extensions) as pure functions.
+
+No I/O and no clock: every time is a float epoch second passed in by the caller. :mod:`edgerules.cache` puts
+these rules on top of a Store.
+
+Two modes per cache rule:
+
+- ``fixed``: the operator's rule decides freshness (``ttl``) and the stale windows; the origin's freshness
+  directives (``max-age``, ``s-maxage``, ``Expires``, ``no-cache``, ``must-revalidate``) are ignored. The
+  origin's ``no-store``/``private``/``Set-Cookie`` still prevent storage unless the rule overrides them. A
+  response to a request with credentials is stored, but the cache key carries a SHA-256 of the principal (see
+  :func:`cache_key` and :func:`effective_principal`), so it is only ever replayed to the same principal.
+- ``origin``: RFC 9111 freshness from the origin (``s-maxage`` > ``max-age`` > ``Expires - Date``), the rule's
+  ``default_ttl`` when the origin says nothing (``None``: not stored); a response to an ``Authorization``
+  request is stored only with ``public``, ``s-maxage`` or ``must-revalidate`` (RFC 9111 3.5).
+
+HEAD requests are looked up under the GET key (the engine drops the body) and HEAD responses are never stored,
+so a body-less HEAD answer can never replace a GET entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from email.utils import formatdate, mktime_tz, parsedate_tz
+from enum import StrEnum
+from typing import Literal
+from urllib.parse import urljoin, urlsplit
+
+type HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]]
+type VaryValues = tuple[tuple[str, str | None], ...]
+
+KEY_PREFIX = "cache:"
+"""Every store key written by the response cache starts with this (``purge(all=True)`` purges it)."""
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
+)
+NEVER_CACHED_STATUSES = frozenset({206, 304})
+MAX_DELTA = 2**31  # RFC 9111 1.2.2: delta-seconds saturate at 2^31
+MIN_REVALIDATION_KEEP = 60.0
+PATH_TAG_DEPTH = 6  # deeper path prefixes share the tag of their 6-segment ancestor (over-purge, never under)
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_ETAG = re.compile(r'(W/)?"([^"]*)"')
+_PCT = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_WS_AROUND_COMMA = re.compile(r"\s*,\s*")
+_PROTECTED_ON_304 = frozenset({"content-length", "content-encoding", "content-range", "age"})
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRule:
+    name: str
+    source: str  # "file:line" of the rule, for traces
+    mode: Literal["fixed", "origin"] = "fixed"
+    ttl: float | None = None  # fixed-mode TTL (seconds)
+    default_ttl: float | None = None  # origin mode: TTL without explicit freshness (None = don't store)
+    methods: frozenset[str] = frozenset({"GET", "HEAD"})
+    statuses: frozenset[int] = frozenset({200})
+    content_types: tuple[str, ...] = ()  # "application/json", "text/*"; empty = any
+    max_body_size: int = 1_000_000
+    key_headers: tuple[str, ...] = ()  # lower-cased request header names that become part of the key
+    # False: the principal is left out of the key (only for responses identical for every caller; the policy's
+    # explicit opt-out). True (default): the key carries SHA-256(principal), see effective_principal().
+    key_principal: bool = True
+    override_no_store: bool = False
+    override_private: bool = False
+    store_set_cookie: bool = False  # store Set-Cookie responses (the Set-Cookie field itself is never stored)
+    stale_while_revalidate: float = 0.0  # policy default; the origin's directive wins in origin mode
+    stale_if_error: float = 0.0
+
+
+class Freshness(StrEnum):
+    FRESH = "fresh"
+    STALE_WHILE_REVALIDATE = "stale-while-revalidate"  # serve stale now, revalidate in the background
+    STALE_IF_ERROR = "stale-if-error"  # go to the origin; serve stale if it fails (5xx / unreachable)
+    MUST_REVALIDATE = "must-revalidate"  # go to the origin (conditionally); never serve without validation
+    EXPIRED = "expired"  # past every window: a miss (its validators may still make the fetch conditional)
+
+
+# --------------------------------------------------------------------------------------------- headers
+
+
+class HeaderView:
+    """Case-insensitive, multi-valued read view over headers given as a mapping or a list of pairs."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, headers: HeaderInput) -> None:
+        pairs = headers.items() if isinstance(headers, Mapping) else headers
+        fields: dict[str, list[str]] = {}
+        for name, value in pairs:
+            fields.setdefault(name.lower(), []).append(value)
+        self._fields = fields
+
+    def getall(self, name: str) -> list[str]:
+        return self._fields.get(name.lower(), [])
+
+    def get(self, name: str) -> str | None:
+        """All values of a field joined with ``", "`` (RFC 9110 5.3), or None when absent."""
+        values = self._fields.get(name.lower())
+        return None if values is None else ", ".join(values)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._fields
+
+
+def _view(headers: HeaderInput | HeaderView) -> HeaderView:
+    return headers if isinstance(headers, HeaderView) else HeaderView(headers)
+
+
+def _connection_nominated(view: HeaderView) -> set[str]:
+    return {t.strip().lower() for v in view.getall("connection") for t in v.split(",") if t.strip()}
+
+
+def _is_hop_by_hop(name: str, nominated: set[str]) -> bool:
+    lname = name.lower()
+    return lname in HOP_BY_HOP or lname.startswith("proxy-") or lname in nominated
+
+
+def storable_headers(headers: HeaderInput, *, drop: Iterable[str] = ()) -> tuple[tuple[str, str], ...]:
+    """Headers as they may be stored and replayed: hop-by-hop fields (and ``drop``) removed."""
+    pairs = list(headers.items() if isinstance(headers, Mapping) else headers)
+    nominated = _connection_nominated(HeaderView(pairs)) | {d.lower() for d in drop}
+    return tuple((n, v) for n, v in pairs if not _is_hop_by_hop(n, nominated))
+
+
+# --------------------------------------------------------------------------------------------- parsing
+
+
+def parse_cache_control(value: str | Iterable[str] | None) -> dict[str, str | None]:
+    """Parse Cache-Control into ``{directive: value}`` (names lower-cased, quoted values unquoted).
+
+    Directives without a value map to None; garbage entries are skipped; a directive repeated with a
+    different value maps to ``""`` (invalid, RFC 9111 4.2.1: such freshness is treated as stale).
+    """
+    if value is None:
+        return {}
+    text = value if isinstance(value, str) else ",".join(value)
+    result: dict[str, str | None] = {}
+    for part in _split_outside_quotes(text):
+        name, eq, raw = part.partition("=")
+        name = name.strip().lower()
+        if not _TOKEN.match(name):
+            continue
+        parsed = _unquote(raw.strip()) if eq else None
+        if name in result and result[name] != parsed:
+            result[name] = ""
+        else:
+            result[name] = parsed
+    return result
+
+
+def _split_outside_quotes(text: str) -> list[str]:
+    parts, current, quoted, escaped = [], [], False, False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _unquote(raw: str) -> str:
+    if len(raw) >= 2 and raw[0] == '"' and raw[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", raw[1:-1])
+    if raw.startswith('"'):  # unterminated quote: invalid
+        return ""
+    return raw
+
+
+def delta_seconds(value: str | None) -> int | None:
+    """RFC 9111 1.2.2 delta-seconds (digits only, saturating at 2^31); None when invalid."""
+    if value is None or not value.isascii() or not value.isdigit():
+        return None
+    return min(int(value), MAX_DELTA)
+
+
+def parse_http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    parsed = parsedate_tz(value.strip())
+    if parsed is None:
+        return None
+    try:
+        return float(mktime_tz(parsed))
+    except (OverflowError, ValueError):
+        return None
+
+
+def http_date(ts: float) -> str:
+    return formatdate(ts, usegmt=True)
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def content_type_matches(content_type: str | None, patterns: Iterable[str]) -> bool:
+    """``patterns`` are media types or ``type/*`` / ``*/*`` wildcards (case-insensitive)."""
+    mt = media_type(content_type)
+    kind = mt.split("/", 1)[0]
+    for pattern in patterns:
+        p = media_type(pattern)
+        if p in ("*/*", "*") or p == mt or (p.endswith("/*") and p[:-2] == kind and "/" in mt):
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------------------------- entries
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    stored_at: float
+    request_time: float
+    response_time: float
+    vary: VaryValues = ()  # the request's values for the response's Vary fields (None = absent)
+    rule: str = ""
+    url_path: str = ""
+
+    _MAGIC = b"ERC1"
+
+    def header(self, name: str) -> str | None:
+        return HeaderView(self.headers).get(name)
+
+    def to_bytes(self) -> bytes:
+        """``ERC1`` + 4-byte big-endian metadata length + JSON metadata + raw body (no base64 overhead)."""
+        meta = {
+            "s": self.status,
+            "h": [list(p) for p in self.headers],
+            "t": [self.stored_at, self.request_time, self.response_time],
+            "v": [list(p) for p in self.vary],
+            "r": self.rule,
+            "p": self.url_path,
+        }
+        blob = json.dumps(meta, separators=(",", ":")).encode()
+        return self._MAGIC + struct.pack(">I", len(blob)) + blob + self.body
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CacheEntry:
+        """Inverse of :meth:`to_bytes`; raises ValueError on anything malformed."""
+        if data[:4] != cls._MAGIC or len(data) < 8:
+            raise ValueError("not a cache entry")
+        (size,) = struct.unpack(">I", data[4:8])
+        if 8 + size > len(data):
+            raise ValueError("truncated cache entry")
+        try:
+            meta = json.loads(data[8 : 8 + size])
+            stored_at, request_time, response_time = (float(t) for t in meta["t"])
+            return cls(
+                status=int(meta["s"]),
+                headers=tuple((str(n), str(v)) for n, v in meta["h"]),
+                body=bytes(data[8 + size :]),
+                stored_at=stored_at,
+                request_time=request_time,
+                response_time=response_time,
+                vary=tuple((str(n), None if v is None else str(v)) for n, v in meta["v"]),
+                rule=str(meta["r"]),
+                url_path=str(meta["p"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed cache entry: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class VariantIndex:
+    """Stored under the primary key when a response has Vary: the field names that select a variant."""
+
+    names: tuple[str, ...]
+    expires_at: float
+
+    _MAGIC = b"ERV1"
+
+    def to_bytes(self) -> bytes:
+        return self._MAGIC + json.dumps([list(self.names), self.expires_at]).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> VariantIndex:
+        if data[:4] != cls._MAGIC:
+            raise ValueError("not a variant index")
+        try:
+            names, expires_at = json.loads(data[4:])
+            return cls(tuple(str(n) for n in names), float(expires_at))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"malformed variant index: {exc}") from exc
+
+
+def decode_record(data: bytes) -> CacheEntry | VariantIndex:
+    """Decode whatever the response cache stored under a key; ValueError when it is neither."""
+    if data[:4] == VariantIndex._MAGIC:
+        return VariantIndex.from_bytes(data)
+    return CacheEntry.from_bytes(data)
+
+
+# --------------------------------------------------------------------------------------------- storability
+
+
+def storable(
+    rule: CacheRule,
+    method: str,
+    request_headers: HeaderInput,
+    status: int,
+    response_headers: HeaderInput,
+    body_size: int,
+) -> tuple[bool, str]:
+    """May this response be stored under ``rule``? Returns ``(ok, reason)``; reason is a short slug."""
+    method = method.upper()
+    req, resp = _view(request_headers), _view(response_headers)
+    if method not in rule.methods:
+        return False, "method-not-in-rule"
+    if method == "HEAD":
+        return False, "head-not-stored"
+    if method != "GET":
+        return False, "unsafe-method"
+    if status >= 500 or status < 200 or status in NEVER_CACHED_STATUSES:
+        return False, "status-never-cached"
+    if status not in rule.statuses:
+        return False, "status-not-in-rule"
+    if body_size > rule.max_body_size:
+        return False, "too-large"
+    req_cc = parse_cache_control(req.getall("cache-control"))
+    cc = parse_cache_control(resp.getall("cache-control"))
+    if "no-store" in req_cc:
+        return False, "request-no-store"
+    if "no-store" in cc and not rule.override_no_store:
+        return False, "no-store"
+    if "private" in cc and not rule.override_private:
+        return False, "private"
+    if "*" in vary_names(resp):
+        return False, "vary-star"
+    if "set-cookie" in resp and not rule.store_set_cookie:
+        return False, "set-cookie"
+    ctype = resp.get("content-type")
+    if media_type(ctype).startswith("audio/"):
+        return False, "audio"
+    if rule.content_types and not content_type_matches(ctype, rule.content_types):
+        return False, "content-type"
+    if rule.mode == "fixed":
+        if not rule.ttl or rule.ttl <= 0:
+            return False, "no-ttl"
+        return True, "stored"
+    if "authorization" in req and not ({"public", "s-maxage", "must-revalidate"} & cc.keys()):
+        return False, "authorization"
+    has_validator = "etag" in resp or "last-modified" in resp
+    if "no-cache" in cc and has_validator:
+        return True, "stored-revalidate"
+    if not has_explicit_freshness(resp) and rule.default_ttl is None:
+        return False, "no-explicit-freshness"
+    return True, "stored"
+
+
+def has_explicit_freshness(response_headers: HeaderInput) -> bool:
+    resp = _view(response_headers)
+    cc = parse_cache_control(resp.getall("cache-control"))
+    return "s-maxage" in cc or "max-age" in cc or "expires" in resp
+
+
+# --------------------------------------------------------------------------------------------- freshness
+
+
+def freshness_lifetime(rule: CacheRule, response_headers: HeaderInput, now: float) -> float:
+    """Seconds the response is fresh for; ``now`` stands in for a missing Date (RFC 9111 4.2.1)."""
+    if rule.mode == "fixed":
+        return max(float(rule.ttl or 0.0), 0.0)
+    resp = _view(response_headers)
+    cc = parse_cache_control(resp.getall("cache-control"))
+    for directive in ("s-maxage", "max-age"):
+        if directive in cc:
+            return float(delta_seconds(cc[directive]) or 0)
+    expires_values = resp.getall("expires")
+    if expires_values:
+        expires = parse_http_date(expires_values[0]) if len(expires_values) == 1 else None
+        if expires is None:
+            return 0.0  # invalid Expires (e.g. "0"): already expired
+        date = parse_http_date(resp.get("date"))
+        return max(expires - (date if date is not None else now), 0.0)
+    return max(float(rule.default_ttl or 0.0), 0.0)
+
+
+def current_age(entry: CacheEntry, now: float) -> float:
+    """RFC 9111 4.2.3 age calculation."""
+    view = HeaderView(entry.headers)
+    age_value = 0
+    for raw in view.getall("age"):
+        parsed = delta_seconds(raw.strip())
+        if parsed is not None:
+            age_value = parsed
+            break
+    date_value = parse_http_date(view.get("date"))
+    if date_value is None:
+        date_value = entry.response_time
+    apparent_age = max(0.0, entry.response_time - date_value)
+    response_delay = max(0.0, entry.response_time - entry.request_time)
+    corrected_initial_age = max(apparent_age, age_value + response_delay)
+    return corrected_initial_age + max(0.0, now - entry.response_time)
+
+
+def age_header(entry: CacheEntry, now: float) -> str:
+    return str(min(int(current_age(entry, now)), MAX_DELTA))
+
+
+def replay_headers(entry: CacheEntry, now: float) -> list[tuple[str, str]]:
+    """Stored headers as sent on a hit: the stored ``Age`` replaced by the current one."""
+    return [(n, v) for n, v in entry.headers if n.lower() != "age"] + [("Age", age_header(entry, now))]
+
+
+def stale_windows(rule: CacheRule, entry: CacheEntry) -> tuple[float, float]:
+    """``(stale_while_revalidate, stale_if_error)`` seconds allowed past freshness for this entry.
+
+    Fixed mode: the rule's windows. Origin mode: the origin's directives win over the rule's defaults;
+    ``must-revalidate``/``proxy-revalidate`` forbid any stale use, and ``s-maxage`` (which implies
+    proxy-revalidate, RFC 9111 5.2.2.10) leaves only the stale windows the origin granted explicitly.
+    """
+    if rule.mode == "fixed":
+        return rule.stale_while_revalidate, rule.stale_if_error
+    cc = parse_cache_control(HeaderView(entry.headers).getall("cache-control"))
+    if "must-revalidate" in cc or "proxy-revalidate" in cc:
+        return 0.0, 0.0
+    implied = "s-maxage" in cc
+    windows = []
+    for directive, default in (
+        ("stale-while-revalidate", rule.stale_while_revalidate),
+        ("stale-if-error", rule.stale_if_error),
+    ):
+        if directive in cc:
+            windows.append(float(delta_seconds(cc[directive]) or 0))
+        else:
+            windows.append(0.0 if implied else default)
+    return windows[0], windows[1]
+
+
+def classify(rule: CacheRule, entry: CacheEntry, now: float, request_headers: HeaderInput = ()) -> Freshness:
+    """Where the entry stands at ``now``.
+
+    In origin mode the response's ``no-cache`` and the request's ``no-cache``, ``Pragma: no-cache``,
+    ``max-age`` and ``min-fresh`` (RFC 9111 5.2.1) force revalidation; fixed mode ignores them.
+    """
+    age = current_age(entry, now)
+    lifetime = freshness_lifetime(rule, entry.headers, entry.response_time)
+    if rule.mode == "origin":
+        cc = parse_cache_control(HeaderView(entry.headers).getall("cache-control"))
+        if "no-cache" in cc:
+            return Freshness.MUST_REVALIDATE
+        if _request_forces_revalidation(_view(request_headers), age, lifetime):
+            return Freshness.MUST_REVALIDATE
+    if age < lifetime:
+        return Freshness.FRESH
+    staleness = age - lifetime
+    swr, sie = stale_windows(rule, entry)
+    if staleness < swr:
+        return Freshness.STALE_WHILE_REVALIDATE
+    if staleness < sie:
+        return Freshness.STALE_IF_ERROR
+    if rule.mode == "origin" and swr == 0 and sie == 0 and _has_validator(entry):
+        return Freshness.MUST_REVALIDATE
+    return Freshness.EXPIRED
+
+
+def _request_forces_revalidation(req: HeaderView, age: float, lifetime: float) -> bool:
+    cc = parse_cache_control(req.getall("cache-control"))
+    if "no-cache" in cc:
+        return True
+    if not req.getall("cache-control") and "no-cache" in (req.get("pragma") or "").lower():
+        return True
+    if "max-age" in cc:
+        max_age = delta_seconds(cc["max-age"])
+        if max_age is not None and age > max_age:
+            return True
+    if "min-fresh" in cc:
+        min_fresh = delta_seconds(cc["min-fresh"])
+        if min_fresh is not None and lifetime - age < min_fresh:
+            return True
+    return False
+
+
+def stale_if_error_ok(rule: CacheRule, entry: CacheEntry, now: float) -> bool:
+    """May this (stale) entry be served because the origin failed (5xx, timeout, unreachable)?"""
+    lifetime = freshness_lifetime(rule, entry.headers, entry.response_time)
+    staleness = current_age(entry, now) - lifetime
+    swr, sie = stale_windows(rule, entry)
+    return staleness < max(swr, sie)
+
+
+def storage_ttl(rule: CacheRule, entry: CacheEntry) -> float:
+    """How long the store keeps the entry: remaining freshness plus the longest window it can still be
+    used in (stale windows, or - with validators - as long again as it was fresh, at least 60 s, so it can
+    be revalidated with a 304). ``<= 0`` means not worth storing."""
+    lifetime = freshness_lifetime(rule, entry.headers, entry.response_time)
+    remaining = lifetime - current_age(entry, entry.response_time)
+    swr, sie = stale_windows(rule, entry)
+    keep = max(swr, sie)
+    if _has_validator(entry):
+        keep = max(keep, lifetime, MIN_REVALIDATION_KEEP)
+    return max(remaining, 0.0) + keep
+
+
+def _has_validator(entry: CacheEntry) -> bool:
+    view = HeaderView(entry.headers)
+    return "etag" in view or "last-modified" in view
+
+
+# --------------------------------------------------------------------------------------------- vary
+
+
+def vary_names(response_headers: HeaderInput) -> tuple[str, ...]:
+    """The response's Vary field names, lower-cased, de-duplicated and sorted (``*`` kept)."""
+    names = {t.strip().lower() for v in _view(response_headers).getall("vary") for t in v.split(",")}
+    return tuple(sorted(n for n in names if n))
+
+
+def _normalise_field_value(values: list[str]) -> str | None:
+    if not values:
+        return None
+    return _WS_AROUND_COMMA.sub(",", ",".join(v.strip() for v in values)).strip()
+
+
+def vary_values(names: Iterable[str], request_headers: HeaderInput) -> VaryValues:
+    req = _view(request_headers)
+    return tuple((n, _normalise_field_value(req.getall(n))) for n in sorted({n.lower() for n in names}))
+
+
+def vary_matches(entry: CacheEntry, request_headers: HeaderInput) -> bool:
+    """RFC 9111 4.1: the request's (normalised) values of every Vary field equal those stored."""
+    req = _view(request_headers)
+    return all(_normalise_field_value(req.getall(n)) == v for n, v in entry.vary)
+
+
+def variant_key(primary_key: str, vary: VaryValues) -> str:
+    digest = hashlib.sha256(json.dumps(vary, separators=(",", ":")).encode()).hexdigest()
+    return f"{primary_key}:v:{digest}"
+
+
+# --------------------------------------------------------------------------------------------- conditionals
+
+
+def _etags(value: str) -> list[tuple[bool, str]]:
+    return [(bool(m.group(1)), m.group(2)) for m in _ETAG.finditer(value)]
+
+
+def evaluate_conditional(request_headers: HeaderInput, entry: CacheEntry) -> bool:
+    """True when the client's conditional GET/HEAD is satisfied by the entry: answer 304 from the cache.
+
+    If-None-Match (weak comparison, ``*``, lists) takes precedence; otherwise If-Modified-Since against
+    Last-Modified, falling back to Date and then the receive time (RFC 9111 4.3.2). Only 2xx entries.
+    """
+    if not 200 <= entry.status < 300:
+        return False
+    req, stored = _view(request_headers), HeaderView(entry.headers)
+    inm = req.get("if-none-match")
+    if inm is not None:
+        if inm.strip() == "*":
+            return True
+        stored_etag = _etags(stored.get("etag") or "")
+        if not stored_etag:
+            return False
+        opaque = stored_etag[0][1]
+        return any(tag == opaque for _weak, tag in _etags(inm))
+    ims = parse_http_date(req.get("if-modified-since"))
+    if ims is None:
+        return False
+    last_modified = parse_http_date(stored.get("last-modified")) or parse_http_date(stored.get("date"))
+    return (last_modified if last_modified is not None else entry.response_time) <= ims
+
+
+_NOT_MODIFIED_FIELDS = (
+    "cache-control",
+    "content-location",
+    "date",
+    "etag",
+    "expires",
+    "vary",
+    "last-modified",
+)
+
+
+def not_modified_headers(entry: CacheEntry, now: float) -> list[tuple[str, str]]:
+    """Headers for a 304 answered from the cache (RFC 9110 15.4.5), with the current Age."""
+    return [(n, v) for n, v in entry.headers if n.lower() in _NOT_MODIFIED_FIELDS] + [
+        ("Age", age_header(entry, now))
+    ]
+
+
+def revalidation_headers(entry: CacheEntry) -> dict[str, str]:
+    """Validators to send to the origin so it can answer 304 (RFC 9111 4.3.1)."""
+    stored = HeaderView(entry.headers)
+    out: dict[str, str] = {}
+    if (etag := stored.get("etag")) is not None:
+        out["If-None-Match"] = etag
+    if (last_modified := stored.get("last-modified")) is not None:
+        out["If-Modified-Since"] = last_modified
+    return out
+
+
+def merge_304(
+    entry: CacheEntry, response_headers_304: HeaderInput, *, request_time: float, response_time: float
+) -> CacheEntry | None:
+    """Freshen a stored entry from a 304 (RFC 9111 4.3.4 and 3.2).
+
+    Returns None when the 304's validators do not select this entry (the caller must refetch without
+    conditions). Header fields in the 304 replace the stored ones, except hop-by-hop fields and those the
+    stored body depends on (Content-Length/-Encoding/-Range); the age clock restarts at the 304.
+    """
+    new = _view(response_headers_304)
+    stored = HeaderView(entry.headers)
+    new_etag, old_etag = _etags(new.get("etag") or ""), _etags(stored.get("etag") or "")
+    if new_etag:
+        if not old_etag or new_etag[0][1] != old_etag[0][1]:
+            return None
+    elif (new_lm := new.get("last-modified")) is not None:
+        old_lm = stored.get("last-modified")
+        if old_lm is not None and parse_http_date(old_lm) != parse_http_date(new_lm):
+            return None
+    updates = [
+        (n, v)
+        for n, v in storable_headers(list(_pairs(response_headers_304)))
+        if n.lower() not in _PROTECTED_ON_304
+    ]
+    replaced = {n.lower() for n, _ in updates} | {"age"}
+    headers = tuple((n, v) for n, v in entry.headers if n.lower() not in replaced) + tuple(updates)
+    if (age := new.get("age")) is not None:
+        headers += (("Age", age),)
+    return replace(entry, headers=headers, request_time=request_time, response_time=response_time)
+
+
+def _pairs(headers: HeaderInput) -> Iterable[tuple[str, str]]:
+    return headers.items() if isinstance(headers, Mapping) else headers
+
+
+# --------------------------------------------------------------------------------------------- invalidation
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+def invalidates(method: str, status: int) -> bool:
+    """RFC 9111 4.4: an unsafe method with a non-error (2xx/3xx) response invalidates the target URI."""
+    return method.upper() not in SAFE_METHODS and 200 <= status < 400
+
+
+def invalidation_targets(scheme: str, host: str, path: str, response_headers: HeaderInput) -> list[str]:
+    """Paths of same-origin ``Location``/``Content-Location`` targets that the response also invalidates."""
+    resp = _view(response_headers)
+    base = f"{scheme.lower()}://{host.lower()}{path}"
+    out: list[str] = []
+    for field_name in ("location", "content-location"):
+        value = resp.get(field_name)
+        if not value:
+            continue
+        target = urlsplit(urljoin(base, value.strip()))
+        if target.scheme == scheme.lower() and target.netloc.lower() == host.lower() and target.path:
+            out.append(target.path)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- keys
+
+
+def normalise_percent_encoding(text: str) -> str:
+    """Decode percent-escapes of unreserved characters, upper-case the rest (RFC 3986 6.2.2)."""
+
+    def fix(match: re.Match[str]) -> str:
+        char = chr(int(match.group(1), 16))
+        return char if char in _UNRESERVED else f"%{match.group(1).upper()}"
+
+    return _PCT.sub(fix, text)
+
+
+def normalise_query(query: str) -> str:
+    """Parameters sorted by name (stable: repeated names keep their order), percent-encoding normalised.
+
+    ``+`` is left as is: whether it means a space is the origin's business, so ``+`` and ``%20`` stay
+    different keys (a miss, never a wrong hit).
+    """
+    params = [normalise_percent_encoding(p) for p in query.lstrip("?").split("&") if p]
+    return "&".join(sorted(params, key=lambda p: p.partition("=")[0]))
+
+
+def principal_hash(principal: str) -> str:
+    return hashlib.sha256(principal.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def effective_principal(principal: str | None, request_headers: HeaderInput) -> str | None:
+    """The principal a cached response belongs to.
+
+    The authenticated principal when there is one; otherwise, when the request still carries credentials
+    (``Authorization``, ``API-Key``/``X-API-Key``) their full value, so a credentialed request is never served
+    a response cached for someone else. :func:`cache_key` hashes it with SHA-256. Cookies are not treated as
+    credentials (browsers send analytics cookies everywhere): origins mark per-user responses with
+    ``private``, ``Set-Cookie`` or ``Vary: Cookie``, which are honoured.
+    """
+    if principal is not None:
+        return principal
+    req = _view(request_headers)
+    credentials = [(n, req.get(n)) for n in ("authorization", "api-key", "x-api-key") if n in req]
+    if not credentials:
+        return None
+    return "credentials:" + json.dumps(credentials, separators=(",", ":"))
+
+
+def _normalise_host(scheme: str, host: str) -> str:
+    host = host.strip().lower().rstrip(".")
+    default = {"http": ":80", "https": ":443"}.get(scheme)
+    if default and host.endswith(default):
+        host = host[: -len(default)]
+    return host
+
+
+def cache_key(
+    method: str,
+    scheme: str,
+    host: str,
+    path: str,
+    query: str,
+    principal: str | None,
+    key_headers: Mapping[str, str | None],
+) -> str:
+    """``cache:{sha256}`` over method (HEAD shares GET's key), scheme, host, path, normalised query, the
+    principal's SHA-256 (``anonymous`` marker when None) and the named request headers' values."""
+    scheme = scheme.lower()
+    method = method.upper()
+    parts = {
+        "m": "GET" if method == "HEAD" else method,
+        "u": [
+            scheme,
+            _normalise_host(scheme, host),
+            normalise_percent_encoding(path),
+            normalise_query(query),
+        ],
+        "p": "anonymous" if principal is None else "sha256:" + principal_hash(principal),
+        "h": sorted(
+            (n.lower(), None if v is None else _WS_AROUND_COMMA.sub(",", v.strip()))
+            for n, v in key_headers.items()
+        ),
+    }
+    digest = hashlib.sha256(json.dumps(parts, separators=(",", ":"), sort_keys=True).encode()).hexdigest()
+    return KEY_PREFIX + digest
+
+
+def key_header_values(names: Iterable[str], request_headers: HeaderInput) -> dict[str, str | None]:
+    """The values of a rule's ``key_headers`` in a request (None when absent), for :func:`cache_key`."""
+    req = _view(request_headers)
+    return {n.lower(): req.get(n) for n in names}
+
+
+def _path_digest(path: str) -> str:
+    return hashlib.sha256(path.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _segment_prefixes(path: str) -> list[str]:
+    segments = [s for s in normalise_percent_encoding(path).split("/") if s]
+    return ["/"] + ["/" + "/".join(segments[:i]) for i in range(1, min(len(segments), PATH_TAG_DEPTH) + 1)]
+
+
+def path_tags(path: str) -> tuple[str, ...]:
+    """Store tags of an entry: one per path-segment prefix (up to :data:`PATH_TAG_DEPTH`) plus the exact
+    path. Tags are hashed so no store ever sees raw paths in tag names."""
+    tags = [prefix_tag(p) for p in _segment_prefixes(path)]
+    return (*dict.fromkeys(tags), url_tag(path))
+
+
+def prefix_tag(path_prefix: str) -> str:
+    """The tag that purges every entry under ``path_prefix`` (segment-wise: ``/a/b`` covers ``/a/b/c``
+    but not ``/a/bc``); prefixes deeper than :data:`PATH_TAG_DEPTH` map to their ancestor (over-purge)."""
+    return "cache-prefix:" + _path_digest(_segment_prefixes(path_prefix)[-1])
+
+
+def url_tag(path: str) -> str:
+    """The tag of one path (every query, principal and variant), for invalidation after unsafe methods."""
+    return "cache-url:" + _path_digest(normalise_percent_encoding(path))

@@ -1,0 +1,295 @@
+"""The compiled policy: immutable values the engine reads on every request.
+
+The compiler (`edgerules.compiler`) builds these from the YAML after the schema and semantic checks passed, so
+nothing here re-validates. Every rule keeps `source` ("file:line") for traces. Feature modules own their own
+compiled settings (`JwtConfig`, `CacheRule`, `RateLimitRule`, `MetricsConfig`, `StoreConfig`); this module ties
+them together.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+from edgerules.auth.jwt import JwtConfig
+from edgerules.httpcache import CacheRule
+from edgerules.metrics import MetricsConfig
+from edgerules.paths import PathMatcher
+from edgerules.ratelimit import RateLimitRule
+from edgerules.stores.base import StoreConfig
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderCondition:
+    """One request-header test; exactly one of the comparisons is set."""
+
+    name: str  # lower-case
+    equals: str | None = None
+    contains: str | None = None
+    regex: object | None = None  # compiled re2 pattern, full match
+    present: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Request conditions, all of which must hold (each list is an OR). An empty Match matches everything."""
+
+    paths: PathMatcher | None = None  # path / prefix / regex, on the normalised path
+    methods: frozenset[str] | None = None
+    headers: tuple[HeaderCondition, ...] = ()
+    content_types: tuple[str, ...] | None = None  # request media-type patterns ("audio/*")
+    classes: frozenset[str] | None = None
+    countries: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthProbe:
+    path: str = "/health"
+    interval: float = 10.0
+    timeout: float = 5.0
+    expect_status: frozenset[int] = frozenset({200})
+    expect_json: tuple[tuple[str, object], ...] = ()  # top-level key/value pairs the JSON body must contain
+    healthy_threshold: int = 1
+    unhealthy_threshold: int = 2
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PassiveHealth:
+    failures: int = 3
+    statuses: frozenset[int] = frozenset({502, 503, 504})
+    ejection: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    name: str
+    upstream: str  # scheme://host[:port][/base]
+    scheme: str
+    host: str
+    port: int
+    base_path: str  # "" or "/prefix" without trailing slash
+    lat: float | None
+    lon: float | None
+    health: HealthProbe
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Geo:
+    country_header: str | None = "cf-ipcountry"
+    latitude_header: str | None = None
+    longitude_header: str | None = None
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    maxmind_db: str | None = None
+    default_country: str = "XX"
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyTarget:
+    base_ms: float = 30.0
+    per_100km_ms: float = 1.0
+    min_ms: float = 50.0
+    max_ms: float = 200.0
+    default_ms: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingHeaders:
+    target_region: str | None = "X-CF-Target-Region"
+    priority: str | None = "X-CF-Routing-Priority"
+    latency_target: str | None = "X-CF-Latency-Target"
+    degraded: str | None = "X-Edge-Degraded"
+    forwarded: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    default: tuple[str, ...]
+    countries: dict[str, tuple[str, ...]]  # never mutated after compile
+    priorities: tuple[str, ...] = ("primary", "secondary", "tertiary")
+    when_all_unhealthy: Literal["fallback_primary", "reject"] = "fallback_primary"
+    host_rewrite: Literal["upstream", "keep"] = "upstream"
+    timeout: float = 30.0
+    connect_timeout: float = 5.0
+    retries: int = 2
+    headers: RoutingHeaders = field(default_factory=RoutingHeaders)
+    latency_target: LatencyTarget = field(default_factory=LatencyTarget)
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestClass:
+    name: str
+    match: Match
+    stream: bool
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityRule:
+    priority: str
+    match: Match
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Classify:
+    classes: tuple[RequestClass, ...] = ()
+    default_class: str = "default"
+    priorities: tuple[PriorityRule, ...] = ()
+    default_priority: str = "normal"
+    class_header: str | None = None
+    priority_header: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    allow_paths: PathMatcher | None = None  # None: every (normalised) path is allowed
+    allow_paths_source: str = ""
+    methods: frozenset[str] | None = None
+    require_content_type: frozenset[str] = frozenset()
+    content_types: dict[str, tuple[str, ...]] = field(default_factory=dict)  # METHOD -> media-type patterns
+    max_body_size: int | None = None
+    max_url_length: int = 8192
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRule:
+    """Per-path override: which schemes are accepted there (empty tuple: public)."""
+
+    match: Match
+    schemes: tuple[str, ...]
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityHeaderNames:
+    user: str = "X-User-ID"
+    role: str = "X-User-Role"
+    permissions: str = "X-User-Permissions"
+    authenticated_at: str = "X-Authenticated-At"
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    public: Match | None = None
+    public_source: str = ""
+    rules: tuple[AuthRule, ...] = ()
+    schemes: tuple[str, ...] = ("bearer", "api_key")
+    jwt: JwtConfig | None = None
+    api_key_scheme: str = "API-Key"
+    identity_headers: IdentityHeaderNames = field(default_factory=IdentityHeaderNames)
+    strip_headers: tuple[str, ...] = ()  # names or "Prefix-*" patterns, lower-case
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    rules: tuple[tuple[Match, CacheRule], ...] = ()
+    never: Match | None = None
+    status_header: str = "X-Cache-Status"
+    extra_status_headers: tuple[str, ...] = ()
+    processed_header: str | None = None
+    key_headers: tuple[str, ...] = ()
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRule:
+    """Request rule (match/unless) or response rule (also content_type/status of the response)."""
+
+    name: str
+    match: Match | None
+    unless: Match | None
+    set: tuple[tuple[str, str], ...] = ()
+    add_if_absent: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+    response_content_types: tuple[str, ...] | None = None
+    response_statuses: frozenset[int] | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Headers:
+    request: tuple[HeaderRule, ...] = ()
+    response: tuple[HeaderRule, ...] = ()
+    security: tuple[tuple[str, str], ...] = ()
+    processed_region: str | None = None
+    security_source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CorsRule:
+    name: str
+    match: Match
+    allow_origins: frozenset[str]  # exact origins; "*" allowed only without credentials
+    allow_methods: tuple[str, ...]
+    allow_headers: tuple[str, ...]
+    expose_headers: tuple[str, ...]
+    max_age: int | None
+    allow_credentials: bool
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorAnswer:
+    status: int
+    message: str
+    retry_after: int | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+ERROR_KINDS = (
+    "path_not_allowed",
+    "invalid_request",
+    "method_not_allowed",
+    "content_type_required",
+    "unsupported_media_type",
+    "payload_too_large",
+    "uri_too_long",
+    "unauthorized",
+    "forbidden",
+    "rate_limited",
+    "upstream_timeout",
+    "upstream_unreachable",
+    "all_regions_down",
+    "auth_unavailable",
+    "not_found",
+    "internal_error",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    token: str | None = None
+    allow_cidrs: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """One compiled policy for one environment."""
+
+    name: str
+    version: str  # content hash of the source files, shown on the status endpoint
+    files: tuple[str, ...]
+    environment: str | None
+    regions: dict[str, Region]
+    routing: Routing
+    geo: Geo
+    classify: Classify
+    validation: Validation
+    auth: Auth | None
+    rate_limits: tuple[tuple[Match | None, RateLimitRule, bool], ...]  # (match, rule, per_key_override)
+    cache: CacheSettings | None
+    headers: Headers
+    cors: tuple[CorsRule, ...]
+    errors: dict[str, ErrorAnswer]
+    metrics: MetricsConfig
+    store: StoreConfig
+    admin: Admin
+    passive_health: PassiveHealth = field(default_factory=PassiveHealth)

@@ -1,0 +1,176 @@
+"""Path normalisation and the path matcher.
+
+The seed matched unanchored regexes against the raw path, so `/api/v1/agents/../../admin` or `/health%0a` could
+pass its allowlist (DESIGN.md flaw 7). Here every path is normalised once, before any rule sees it, and anything
+ambiguous is refused instead of guessed: encoded slashes and backslashes, control characters (raw or
+percent-encoded), invalid percent-encoding and dot segments that climb above the root.
+
+Matching cost does not grow with the number of rules: exact paths are one dict lookup, prefixes walk a segment
+trie (cost bounded by the path's depth), and regexes run as one RE2 set (linear time, no backtracking).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import re2
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = frozenset("0123456789abcdefABCDEF")
+_FORBIDDEN_DECODED = frozenset({"/", "\\"})
+# Characters never allowed raw in a path: controls, space, backslash and the ones RFC 3986 excludes.
+_BAD_RAW = re.compile(r'[\x00-\x20\x7f\\"<>^`{|}]|[^\x00-\x7f]')
+
+
+class PathError(ValueError):
+    """The path cannot be normalised safely; the request must be refused (400)."""
+
+
+def normalise_path(raw: str) -> str:
+    """Return the canonical form of a request path (no query), or raise PathError.
+
+    Percent-encoded unreserved characters are decoded (`%2e` -> `.`, `%41` -> `A`); other encodings are kept
+    with upper-case hex. `//` collapses to `/`; `.` and `..` segments are resolved; a trailing slash is kept.
+    """
+    if not raw.startswith("/"):
+        raise PathError("path must start with '/'")
+    if _BAD_RAW.search(raw):
+        raise PathError("path contains a control, space, non-ASCII or forbidden character")
+    if "%" in raw:
+        raw = _decode_unreserved(raw)
+    segments = raw.split("/")
+    out: list[str] = []
+    for seg in segments[1:]:
+        if seg == "" or seg == ".":
+            continue
+        if seg == "..":
+            if not out:
+                raise PathError("path climbs above the root with '..'")
+            out.pop()
+            continue
+        out.append(seg)
+    trailing = segments[-1] in ("", ".", "..") and len(segments) > 2 and bool(out)
+    path = "/" + "/".join(out)
+    if trailing:
+        path += "/"
+    return path
+
+
+def _decode_unreserved(raw: str) -> str:
+    parts = raw.split("%")
+    out = [parts[0]]
+    for part in parts[1:]:
+        if len(part) < 2 or part[0] not in _HEX or part[1] not in _HEX:
+            raise PathError("invalid percent-encoding in path")
+        char = chr(int(part[:2], 16))
+        if char in _FORBIDDEN_DECODED:
+            raise PathError("encoded '/' or '\\' in path")
+        if ord(char) < 0x21 or ord(char) == 0x7F:
+            raise PathError("encoded control character or space in path")
+        if char in _UNRESERVED:
+            out.append(char + part[2:])
+        else:
+            out.append("%" + part[:2].upper() + part[2:])
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class PathPattern:
+    kind: str  # "path" | "prefix" | "regex"
+    value: str
+    source: str = ""
+
+
+class _TrieNode:
+    __slots__ = ("child_terminal", "children", "terminal")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _TrieNode] = {}
+        self.terminal: int | None = None  # pattern index matching this node and everything below
+        self.child_terminal: int | None = None  # pattern index matching only strictly below ("/voice/")
+
+
+class PathMatcher:
+    """A set of path patterns matched against a normalised path.
+
+    - `path`: exact match (`/health` matches only `/health`).
+    - `prefix`: segment-aware (`/api/v1/agents` matches itself and `/api/v1/agents/...`, never
+      `/api/v1/agentsX`; a trailing slash, `/voice/`, matches only below `/voice`).
+    - `regex`: RE2 full match of the whole normalised path (anchored both ends, linear time).
+    """
+
+    __slots__ = ("_exact", "_regex_index", "_regex_set", "_root", "patterns")
+
+    def __init__(self, patterns: Iterable[PathPattern]) -> None:
+        self.patterns: tuple[PathPattern, ...] = tuple(patterns)
+        self._exact: dict[str, int] = {}
+        self._root = _TrieNode()
+        self._regex_set = None
+        self._regex_index: list[int] = []
+        regexes: list[tuple[int, str]] = []
+        for index, pattern in enumerate(self.patterns):
+            if pattern.kind == "path":
+                self._exact.setdefault(pattern.value, index)
+            elif pattern.kind == "prefix":
+                self._add_prefix(pattern.value, index)
+            elif pattern.kind == "regex":
+                regexes.append((index, pattern.value))
+            else:
+                raise ValueError(f"unknown path pattern kind {pattern.kind!r}")
+        if regexes:
+            regex_set = re2.Set.FullMatchSet()
+            for index, value in regexes:
+                regex_set.Add(value)
+                self._regex_index.append(index)
+            regex_set.Compile()
+            self._regex_set = regex_set
+
+    def _add_prefix(self, prefix: str, index: int) -> None:
+        strict = prefix.endswith("/") and prefix != "/"
+        node = self._root
+        for seg in prefix.strip("/").split("/"):
+            if seg:
+                node = node.children.setdefault(seg, _TrieNode())
+        if strict:
+            if node.child_terminal is None:
+                node.child_terminal = index
+        elif node.terminal is None:
+            node.terminal = index
+
+    def match(self, path: str) -> int | None:
+        """Index (into `patterns`) of a pattern that matches `path`, or None."""
+        found = self._exact.get(path)
+        if found is not None:
+            return found
+        node = self._root
+        if node.terminal is not None:
+            return node.terminal
+        segments = path.strip("/").split("/") if path != "/" else []
+        depth = len(segments)
+        for i, seg in enumerate(segments):
+            if node.child_terminal is not None:
+                return node.child_terminal
+            nxt = node.children.get(seg)
+            if nxt is None:
+                node = None
+                break
+            node = nxt
+            if node.terminal is not None:
+                return node.terminal
+            if i == depth - 1 and path.endswith("/") and node.child_terminal is not None:
+                return node.child_terminal
+        if self._regex_set is not None:
+            hits = self._regex_set.Match(path)
+            if hits:
+                return self._regex_index[min(hits)]
+        return None
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+
+def compile_regex(pattern: str):
+    """Compile a policy regex with RE2 (raises re2.error with RE2's message when it is invalid)."""
+    return re2.compile(pattern)

@@ -1,0 +1,371 @@
+"""The running edge, independent of mitmproxy: policy (with hot reload), state, health probes, upstream calls,
+metrics and the admin endpoints. The mitmproxy addon and `edgerules serve` are thin adapters over this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from edgerules.diagnostics import PolicyError
+from edgerules.engine.core import body_too_large, decide_request, response_headers
+from edgerules.engine.errors import error_answer
+from edgerules.engine.state import EngineState
+from edgerules.engine.values import Answer, Decision, EdgeRequest, EdgeResponse, Forward, HeaderView
+from edgerules.health import HealthProber, HealthRegistry
+from edgerules.model import Policy
+from edgerules.policy import load_policy_file
+from edgerules.stores import open_store
+from edgerules.upstream import IDEMPOTENT, UpstreamClient, UpstreamError, request_headers
+
+log = logging.getLogger("edgerules")
+access_log = logging.getLogger("edgerules.access")
+
+ADMIN_PREFIX = "/__edgerules/"
+
+
+@dataclass(slots=True)
+class ReloadStatus:
+    loaded_at: float = 0.0
+    reloads: int = 0
+    failures: int = 0
+    last_error: str | None = None  # "file:line:col: message" of the first problem
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FinalResponse:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What the runtime remembers about one request between its phases."""
+
+    policy: Policy
+    decision: Decision
+    started: float
+    upstream_seconds: float | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def files_fingerprint(paths: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                digest.update(handle.read())
+        except OSError as exc:
+            digest.update(f"missing:{path}:{exc.errno}".encode())
+    return digest.hexdigest()
+
+
+class EdgeRuntime:
+    def __init__(
+        self,
+        policy_path: str,
+        env: str | None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        reload_interval: float = 1.0,
+    ) -> None:
+        self.policy_path = policy_path
+        self.env = env or None
+        self.environ = environ if environ is not None else os.environ
+        self.reload_interval = reload_interval
+        self.reload_status = ReloadStatus()
+        self.health = HealthRegistry()
+        self.upstream = UpstreamClient()
+        self._policy: Policy | None = None
+        self.state: EngineState | None = None
+        self.prober: HealthProber | None = None
+        self.metrics = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending: set[asyncio.Task] = set()
+        self._reload_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------------------------------ policy lifecycle
+
+    @property
+    def policy(self) -> Policy | None:
+        return self._policy
+
+    def load_initial(self) -> Policy:
+        """Load for serving (env secrets checked); raises PolicyError with file:line diagnostics."""
+        result = load_policy_file(self.policy_path, self.env, environ=self.environ, for_serving=True)
+        for warning in result.warnings:
+            log.warning("%s", warning)
+        self._install(result.policy)
+        return result.policy
+
+    def _install(self, policy: Policy) -> None:
+        if self.state is None:
+            store = open_store(policy.store)
+            self.state = EngineState(store, self.health)
+            from edgerules.metrics import MetricsRecorder
+
+            self.metrics = MetricsRecorder(
+                store, policy.metrics, instance_id=f"{os.getpid()}", regions=list(policy.regions)
+            )
+        self._policy = policy  # one reference swap: a request reads it once and keeps that policy
+        self.reload_status.loaded_at = time.time()
+        self.reload_status.fingerprint = files_fingerprint(policy.files)
+        if self.prober is not None:
+            self.prober.sync()
+
+    async def start(self) -> None:
+        assert self._policy is not None and self.state is not None
+        self.prober = HealthProber(self.health, lambda: self._policy)
+        self.prober.sync()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._watch_policy()))
+        if self.metrics is not None:
+            self._tasks.append(loop.create_task(self.metrics.run()))
+        for source in self.state.jwks_sources():
+            self._tasks.append(loop.create_task(source.run_refresher()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.prober is not None:
+            await self.prober.close()
+        if self.metrics is not None:
+            with contextlib.suppress(Exception):
+                await self.metrics.close()
+        await self.upstream.close()
+        if self.state is not None:
+            with contextlib.suppress(Exception):
+                await self.state.store.close()
+
+    async def _watch_policy(self) -> None:
+        while True:
+            await asyncio.sleep(self.reload_interval)
+            policy = self._policy
+            files = policy.files if policy else (self.policy_path,)
+            if files_fingerprint(files) != self.reload_status.fingerprint:
+                await self.reload()
+
+    async def reload(self) -> bool:
+        """Load, validate and compile off the event loop, then swap; a bad file keeps the last good policy."""
+        async with self._reload_lock:
+            try:
+                result = await asyncio.to_thread(
+                    load_policy_file, self.policy_path, self.env, environ=self.environ, for_serving=True
+                )
+            except PolicyError as exc:
+                self.reload_status.failures += 1
+                first = exc.diagnostics[0] if exc.diagnostics else None
+                self.reload_status.last_error = str(first) if first else str(exc)
+                policy = self._policy
+                self.reload_status.fingerprint = files_fingerprint(
+                    policy.files if policy else (self.policy_path,)
+                )
+                log.error("policy reload failed, still serving the last good policy:\n%s", exc)
+                self._count_reload("failure")
+                return False
+            self._install(result.policy)
+            self.reload_status.reloads += 1
+            self.reload_status.last_error = None
+            self._count_reload("success")
+            log.info("policy reloaded: %s version %s", result.policy.name, result.policy.version)
+            return True
+
+    def _count_reload(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.prometheus.policy_reloaded(result == "success")
+
+    # ---------------------------------------------------------------------------------------------- requests
+
+    async def decide(self, req: EdgeRequest) -> Exchange:
+        policy = self._policy
+        started = time.perf_counter()
+        if policy is None or self.state is None:
+            answer = error_answer(None, "all_regions_down", reason="no_policy")
+            from edgerules.engine.values import Context
+
+            return Exchange(policy, Decision(answer, Context(), []), started)  # type: ignore[arg-type]
+        decision = await decide_request(req, policy, self.state)
+        return Exchange(policy, decision, started)
+
+    def check_body(self, exchange: Exchange, size: int) -> Answer | None:
+        return body_too_large(exchange.policy, size)
+
+    async def forward(
+        self, exchange: Exchange, method: str, original_headers: Sequence[tuple[str, str]], body: bytes
+    ) -> FinalResponse:
+        """Send to the first target; fail over on connect errors (any method: nothing was sent) and on broken
+        exchanges for idempotent methods; 504 on timeout; 503 when every target failed."""
+        decision = exchange.decision
+        forward = decision.outcome
+        assert isinstance(forward, Forward)
+        policy = exchange.policy
+        passive = policy.passive_health
+        ctx = decision.context
+        last_error: UpstreamError | None = None
+        for target in forward.targets:
+            headers = request_headers(original_headers, forward.set_headers, forward.remove_headers, target)
+            try:
+                response = await self.upstream.send(
+                    method,
+                    target,
+                    headers,
+                    body,
+                    timeout=forward.timeout,
+                    connect_timeout=forward.connect_timeout,
+                )
+            except UpstreamError as exc:
+                last_error = exc
+                if exc.kind == "connect":
+                    self.health.record_connect_failure(target.region, exc.detail, passive)
+                else:
+                    self.health.record_failure(target.region, exc.kind, passive)
+                self._note(decision, "upstream", target.region, exc.kind, exc.detail)
+                if exc.kind == "timeout" or (exc.kind == "protocol" and method not in IDEMPOTENT):
+                    break
+                continue
+            exchange.upstream_seconds = response.elapsed
+            ctx.region, ctx.routing_priority = target.region, target.priority
+            if response.status in passive.statuses:
+                self.health.record_failure(target.region, f"HTTP {response.status}", passive)
+            else:
+                self.health.record_success(target.region)
+            return FinalResponse(response.status, response.reason, response.headers, response.body)
+        kind = (
+            "upstream_timeout"
+            if last_error is not None and last_error.kind == "timeout"
+            else "all_regions_down"
+        )
+        ctx.error = kind
+        answer = error_answer(policy, kind, reason=last_error.kind if last_error else None)
+        decision.outcome = answer
+        return FinalResponse(answer.status, "", list(answer.headers), answer.body)
+
+    @staticmethod
+    def _note(decision: Decision, phase: str, rule: str, outcome: str, detail: str) -> None:
+        from edgerules.engine.values import TraceEntry
+
+        decision.trace.append(TraceEntry(phase, rule, outcome, detail))
+
+    def finish(
+        self, exchange: Exchange, status: int, headers: Sequence[tuple[str, str]]
+    ) -> tuple[list[tuple[str, str]], list[str]]:
+        """Response-phase headers for whatever the client is about to get."""
+        now = time.time()
+        if exchange.policy is None:
+            return [], []
+        return response_headers(
+            exchange.decision, exchange.policy, EdgeResponse(status, HeaderView(headers)), now=now
+        )
+
+    def record(self, exchange: Exchange, req: EdgeRequest, status: int) -> None:
+        if self.metrics is None:
+            return
+        from edgerules.metrics import RequestRecord
+
+        ctx = exchange.decision.context
+        error = ctx.error
+        if ctx.auth_outcome.startswith("failed:"):
+            error = "auth:" + ctx.auth_outcome.removeprefix("failed:")
+        latency_ms = (time.perf_counter() - exchange.started) * 1000
+        upstream_ms = exchange.upstream_seconds * 1000 if exchange.upstream_seconds is not None else None
+        try:
+            record = RequestRecord(
+                timestamp=time.time(),
+                latency_ms=latency_ms,
+                upstream_ms=upstream_ms,
+                region=ctx.region,
+                cache_status=ctx.cache_status,
+                country=ctx.country,
+                request_class=ctx.request_class,
+                status=status,
+                method=req.method,
+                path_class=ctx.request_class,
+                error=error,
+            )
+            self.metrics.record(record)
+            if exchange.policy is not None and exchange.policy.metrics.access_log:
+                from edgerules.metrics import access_log_line
+
+                access_log.info(access_log_line(record, {"path": ctx.path}))
+        except Exception:  # metrics must never break a request
+            log.exception("metrics record failed")
+
+    def is_admin_path(self, path: str) -> bool:
+        return path.startswith(ADMIN_PREFIX) or path == ADMIN_PREFIX.rstrip("/")
+
+    def internal_error(self) -> Answer:
+        return error_answer(self._policy, "internal_error")
+
+    # ------------------------------------------------------------------------------------------ after responses
+
+    def after_response(
+        self,
+        exchange: Exchange,
+        req: EdgeRequest,
+        status: int,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None,
+    ) -> None:
+        """Cache stores and invalidations run as background tasks: the client never waits for the store."""
+        if self.state is None or not isinstance(exchange.decision.outcome, Forward):
+            return
+        ctx = exchange.decision.context
+        cache = self.state.cache
+        if ctx.cache_rule is not None and ctx.cache_key and body is not None:
+            now = time.time()
+            self._background(
+                cache.store(
+                    ctx.cache_rule,
+                    ctx.cache_key,
+                    ctx.path or req.path,
+                    req.method,
+                    req.headers.pairs,
+                    status,
+                    list(headers),
+                    body,
+                    now - (exchange.upstream_seconds or 0.0),
+                    now,
+                )
+            )
+        from edgerules.httpcache import invalidates
+
+        if exchange.policy.cache is not None and invalidates(req.method, status):
+            self._background(cache.invalidate_url(req.scheme, req.host, ctx.path or req.path))
+
+    def native_failure(self, exchange: Exchange, detail: str) -> None:
+        """A stream or WebSocket mitmproxy forwarded itself failed: count it against the region."""
+        region = exchange.decision.context.region
+        if region and exchange.policy is not None:
+            self.health.record_failure(region, detail, exchange.policy.passive_health)
+
+    def _background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("background store task failed: %s", task.exception())
+
+    def prometheus_text(self) -> str:
+        if self.metrics is None:
+            return ""
+        policy = self._policy
+        regions = list(policy.regions) if policy else []
+        for name in regions:
+            self.metrics.prometheus.set_region_health(name, self.health.is_healthy(name))
+        return self.metrics.render_prometheus()

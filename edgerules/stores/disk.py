@@ -1,0 +1,182 @@
+"""diskcache backend: the embedded default, shared safely by several processes on one machine.
+
+diskcache is SQLite underneath, so every call runs in a small dedicated thread pool and the event loop never
+waits on the disk. Counters and hashes change inside ``Cache.transact()`` (an IMMEDIATE SQLite transaction),
+which makes them atomic across threads and processes. The cache is opened lazily in a worker, so a broken
+directory does not stop the proxy from starting: calls raise ``StoreUnavailable`` and ``health()`` says why,
+and the next call tries again (the directory may have been fixed).
+
+Tags: an entry's first tag is diskcache's own indexed tag column (``evict(tag)``); the rare further tags are
+kept in a small per-tag index entry. Internal entries use tuple keys, so they never collide with string keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import diskcache
+
+from .base import StoreHealth, StoreUnavailable, writable_key
+
+# How long SQLite waits for another writer's lock before diskcache raises Timeout (StoreUnavailable).
+SQLITE_BUSY_TIMEOUT = 2.0
+_DISK_ERRORS = (sqlite3.Error, OSError, diskcache.Timeout)
+
+
+class DiskStore:
+    def __init__(self, path: str, size_limit: int, prefix: str, workers: int = 4) -> None:
+        self._path = path
+        self._size_limit = size_limit
+        self._prefix = prefix
+        self._cache: diskcache.Cache | None = None
+        self._open_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="edgerules-disk")
+        self._closed = False
+
+    # -- plumbing -----------------------------------------------------------------------------------------
+
+    def _open(self) -> diskcache.Cache:
+        with self._open_lock:
+            if self._cache is None:
+                self._cache = diskcache.Cache(
+                    self._path, timeout=SQLITE_BUSY_TIMEOUT, size_limit=self._size_limit, tag_index=True
+                )
+            return self._cache
+
+    async def _run[T](self, fn: Callable[[diskcache.Cache], T]) -> T:
+        def call() -> T:
+            return fn(self._open())
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        except _DISK_ERRORS as exc:
+            raise StoreUnavailable(f"diskcache {self._path}: {type(exc).__name__}: {exc}") from exc
+
+    def _k(self, key: str) -> str:
+        return self._prefix + key
+
+    def _tag(self, tag: str) -> str:
+        return self._prefix + tag
+
+    def _tag_index(self, tag: str) -> tuple[str, str, str]:
+        return (self._prefix, "tag", tag)
+
+    def _own_keys(self, cache: diskcache.Cache, prefix: str) -> list[str]:
+        cache.expire()  # iterkeys() also yields expired entries
+        full = self._prefix + prefix
+        return [k for k in cache.iterkeys() if isinstance(k, str) and k.startswith(full)]
+
+    # -- the Store interface ------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._run(lambda c: c.get(self._k(key)))
+        if value is None or isinstance(value, bytes):
+            return value
+        if isinstance(value, int):
+            return str(value).encode()
+        raise TypeError(f"key {key!r} holds a hash; use hgetall")
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None, tags: Sequence[str] = ()) -> None:
+        writable_key(key)
+
+        def op(c: diskcache.Cache) -> None:
+            with c.transact():
+                c.set(self._k(key), bytes(value), expire=ttl, tag=self._tag(tags[0]) if tags else None)
+                for tag in tags[1:]:
+                    members: set[str] = c.get(self._tag_index(tag), default=set())
+                    members.add(self._k(key))
+                    c.set(self._tag_index(tag), members)
+
+        await self._run(op)
+
+    async def delete(self, key: str) -> bool:
+        return await self._run(lambda c: c.delete(self._k(key)))
+
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        writable_key(key)
+
+        def op(c: diskcache.Cache) -> int:
+            with c.transact():
+                try:
+                    return c.incr(self._k(key), amount, default=None)  # keeps the expiry set at creation
+                except KeyError:  # missing or expired: create it with the window's TTL
+                    c.set(self._k(key), amount, expire=ttl)
+                    return amount
+
+        return await self._run(op)
+
+    async def hincr(self, key: str, fields: Mapping[str, float], ttl: float | None = None) -> None:
+        writable_key(key)
+
+        def op(c: diskcache.Cache) -> None:
+            with c.transact():
+                current, expire_at = c.get(self._k(key), default=None, expire_time=True)
+                if current is None:
+                    current, remaining = {}, ttl
+                elif not isinstance(current, dict):
+                    raise TypeError(f"key {key!r} does not hold a hash")
+                else:
+                    remaining = None if expire_at is None else max(expire_at - time.time(), 0.001)
+                for name, amount in fields.items():
+                    current[name] = current.get(name, 0.0) + float(amount)
+                c.set(self._k(key), current, expire=remaining)
+
+        await self._run(op)
+
+    async def hgetall(self, key: str) -> dict[str, float]:
+        value = await self._run(lambda c: c.get(self._k(key)))
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise TypeError(f"key {key!r} does not hold a hash")
+        return dict(value)
+
+    async def keys(self, prefix: str) -> list[str]:
+        found = await self._run(partial(self._own_keys, prefix=prefix))
+        return sorted(k.removeprefix(self._prefix) for k in found)
+
+    async def purge_prefix(self, prefix: str) -> int:
+        def op(c: diskcache.Cache) -> int:
+            return sum(bool(c.delete(k)) for k in self._own_keys(c, prefix))
+
+        return await self._run(op)
+
+    async def purge_tag(self, tag: str) -> int:
+        def op(c: diskcache.Cache) -> int:
+            c.expire()  # so the count leaves out entries that had already expired
+            count = c.evict(self._tag(tag))
+            with c.transact():
+                members: set[str] = c.pop(self._tag_index(tag), default=set())
+                return count + sum(bool(c.delete(k)) for k in members)
+
+        return await self._run(op)
+
+    async def health(self) -> StoreHealth:
+        probe = (self._prefix, "health")
+
+        def op(c: diskcache.Cache) -> int:
+            c.set(probe, b"ok", expire=60)
+            if c.get(probe) != b"ok":
+                raise OSError("health probe read back a different value")
+            return c.volume()
+
+        try:
+            volume = await self._run(op)
+        except StoreUnavailable as exc:
+            return StoreHealth(False, str(exc))
+        return StoreHealth(True, f"diskcache {self._path}: {volume} bytes of {self._size_limit}")
+
+    async def close(self) -> None:
+        cache, self._cache = self._cache, None
+        if self._closed:
+            return
+        self._closed = True
+        if cache is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, cache.close)
+        self._pool.shutdown(wait=False)  # idle workers exit; their SQLite connections go with them

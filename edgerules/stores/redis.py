@@ -1,0 +1,212 @@
+"""Redis backend: state shared by several proxy instances.
+
+The client is ``redis.asyncio`` with a bounded, blocking connection pool, connect/socket timeouts from the
+config and no retries (a retry loop would hold the request while Redis is down). Connection errors and
+timeouts become ``StoreUnavailable`` at once; the pool replaces dead connections by itself, so calls work
+again as soon as Redis is back.
+
+Key design (Redis Cluster friendly):
+
+- every key is ``{prefix}{key}``; tag sets are ``{prefix}tag:{tag}`` (``tag:`` keys are reserved);
+- every command and every MULTI block touches exactly one key (``incr``: ``INCRBY`` + ``PEXPIRE NX`` in one
+  MULTI, so the TTL is set once, when the window starts; ``hincr``: ``HINCRBYFLOAT``s + ``PEXPIRE NX``);
+- the entry and its tag sets are written by separate single-key commands (pipelined, not atomic); a tag set
+  outlives its longest-lived member and may hold names of keys that already expired (harmless: purging
+  them deletes nothing);
+- ``keys``/``purge_prefix`` use ``SCAN`` (never ``KEYS``) and delete key by key (``UNLINK``), so no command
+  spans slots. Callers that want related keys in one slot put a hash tag in the key, e.g. ``rl:{key-id}:..``.
+
+This class talks to one node (or a proxy in front of a cluster); the commands above are valid on Redis
+Cluster, but running against one directly would need ``redis.asyncio.RedisCluster`` as the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .base import RESERVED_PREFIX, StoreHealth, StoreUnavailable, writable_key
+
+# Errors that mean "Redis cannot serve us now". Other ResponseErrors (WRONGTYPE...) are bugs and propagate.
+_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    OutOfMemoryError,
+    OSError,
+    TimeoutError,
+)
+_BATCH = 500
+MAX_CONNECTIONS = 64  # per process; more concurrent calls queue for a connection (within their timeout)
+
+# Add ARGV[1] to the tag set KEYS[1] and keep the set alive at least as long as that member (ARGV[2] ms, -1 =
+# no expiry). One key only, so it is valid on Redis Cluster.
+_TAG_ADD = """
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('SADD', KEYS[1], ARGV[1])
+local ttl = tonumber(ARGV[2])
+if ttl < 0 then
+  redis.call('PERSIST', KEYS[1])
+elseif existed == 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+else
+  local left = redis.call('PTTL', KEYS[1])
+  if left >= 0 and left < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+end
+return 1
+"""
+
+
+def _ms(ttl: float) -> int:
+    return max(1, round(ttl * 1000))
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
+class RedisStore:
+    def __init__(self, url: str, prefix: str, timeout: float) -> None:
+        self._prefix = prefix
+        self._timeout = timeout
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,  # how long a call may wait for a free connection
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_error=[],
+        )
+        self._client = aioredis.Redis(connection_pool=pool)
+        kw = self._client.connection_pool.connection_kwargs
+        self._where = kw.get("path") or f"{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}"
+        self._tag_add = self._client.register_script(_TAG_ADD)
+
+    async def _call[T](self, op: Callable[[], Awaitable[T]], bounded: bool = True) -> T:
+        """Run ``op``; ``bounded`` ops (one round trip) also get an overall deadline."""
+        try:
+            if bounded:
+                async with asyncio.timeout(self._timeout):
+                    return await op()
+            return await op()
+        except _UNAVAILABLE as exc:
+            detail = str(exc) or "timed out"
+            raise StoreUnavailable(f"redis {self._where}: {type(exc).__name__}: {detail}") from exc
+
+    def _k(self, key: str) -> str:
+        return self._prefix + key
+
+    def _tag(self, tag: str) -> str:
+        return f"{self._prefix}{RESERVED_PREFIX}{tag}"
+
+    async def _scan(self, prefix: str) -> list[str]:
+        internal = self._prefix + RESERVED_PREFIX
+        found: list[str] = []
+        async for raw in self._client.scan_iter(
+            match=_glob_escape(self._prefix + prefix) + "*", count=_BATCH
+        ):
+            name = raw.decode()
+            if not name.startswith(internal):
+                found.append(name)
+        return found
+
+    async def _unlink_each(self, names: Sequence[str | bytes]) -> int:
+        deleted = 0
+        for start in range(0, len(names), _BATCH):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name in names[start : start + _BATCH]:
+                    pipe.unlink(name)
+                deleted += sum(await pipe.execute())
+        return deleted
+
+    # -- the Store interface ------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._call(lambda: self._client.get(self._k(key)))
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None, tags: Sequence[str] = ()) -> None:
+        name = self._k(writable_key(key))
+
+        async def op() -> None:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.set(name, value, px=None if ttl is None else _ms(ttl))
+                for tag in tags:
+                    await self._tag_add(
+                        keys=[self._tag(tag)], args=[name, -1 if ttl is None else _ms(ttl)], client=pipe
+                    )
+                await pipe.execute()
+
+        await self._call(op)
+
+    async def delete(self, key: str) -> bool:
+        return bool(await self._call(lambda: self._client.unlink(self._k(key))))
+
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        name = self._k(writable_key(key))
+
+        async def op() -> int:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.incrby(name, amount)
+                if ttl is not None:
+                    pipe.pexpire(name, _ms(ttl), nx=True)
+                value, *_ = await pipe.execute()
+                return int(value)
+
+        return await self._call(op)
+
+    async def hincr(self, key: str, fields: Mapping[str, float], ttl: float | None = None) -> None:
+        name = self._k(writable_key(key))
+        if not fields:
+            return
+
+        async def op() -> None:
+            async with self._client.pipeline(transaction=True) as pipe:
+                for field, amount in fields.items():
+                    pipe.hincrbyfloat(name, field, float(amount))
+                if ttl is not None:
+                    pipe.pexpire(name, _ms(ttl), nx=True)
+                await pipe.execute()
+
+        await self._call(op)
+
+    async def hgetall(self, key: str) -> dict[str, float]:
+        raw = await self._call(lambda: self._client.hgetall(self._k(key)))
+        return {field.decode(): float(value) for field, value in raw.items()}
+
+    async def keys(self, prefix: str) -> list[str]:
+        names = await self._call(lambda: self._scan(prefix), bounded=False)
+        return sorted(name.removeprefix(self._prefix) for name in names)
+
+    async def purge_prefix(self, prefix: str) -> int:
+        async def op() -> int:
+            return await self._unlink_each(await self._scan(prefix))
+
+        return await self._call(op, bounded=False)
+
+    async def purge_tag(self, tag: str) -> int:
+        async def op() -> int:
+            deleted = 0
+            # SPOP removes members as we go, so entries tagged meanwhile are not lost from the set.
+            while members := await self._client.spop(self._tag(tag), _BATCH):
+                deleted += await self._unlink_each(members)
+            return deleted
+
+        return await self._call(op, bounded=False)
+
+    async def health(self) -> StoreHealth:
+        try:
+            await self._call(self._client.ping)
+        except StoreUnavailable as exc:
+            return StoreHealth(False, str(exc))
+        return StoreHealth(True, f"redis {self._where}: ping ok")
+
+    async def close(self) -> None:
+        await self._client.aclose(close_connection_pool=True)

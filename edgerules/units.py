@@ -1,0 +1,129 @@
+"""Durations (``250ms``, ``30s``, ``1h30m``) and sizes (``512KiB``, ``10MB``) as written in policies."""
+
+from __future__ import annotations
+
+import math
+import re
+from fractions import Fraction
+
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1, "ms": Fraction(1, 1000)}
+_DURATION_ORDER = ["d", "h", "m", "s", "ms"]
+_DURATION_PART = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*(ms|d|h|m|s)")
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
+DURATION_HELP = (
+    "a number of seconds or a string such as 250ms, 30s, 5m, 1h, 7d, 1h30m or 1.5s "
+    "(units d, h, m, s, ms from largest to smallest)"
+)
+
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*([a-zA-Z]*)\s*")
+SIZE_HELP = (
+    "a number of bytes or a string such as 100B, 512KB, 512KiB, 10MB, 1MiB, 2GB or 1GiB "
+    "(KB/MB/GB/TB = 1000^n, KiB/MiB/GiB/TiB = 1024^n)"
+)
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds as a float; ``ValueError`` (saying what is accepted) for negative or malformed values."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration; expected {DURATION_HELP}")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{value!r} is not a valid duration; expected {DURATION_HELP}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a duration; expected {DURATION_HELP}")
+    text = value.strip()
+    if text.startswith("-"):
+        raise ValueError(f"{value!r}: a duration cannot be negative; expected {DURATION_HELP}")
+    if _NUMBER.fullmatch(text):
+        return float(text)
+    total = Fraction(0)
+    pos = 0
+    last_rank = -1
+    while pos < len(text):
+        m = _DURATION_PART.match(text, pos)
+        if m is None:
+            raise ValueError(f"{value!r} is not a valid duration; expected {DURATION_HELP}")
+        number, unit = m.groups()
+        rank = _DURATION_ORDER.index(unit)
+        if rank <= last_rank:
+            raise ValueError(
+                f"{value!r}: units must go from largest to smallest, each once; expected {DURATION_HELP}"
+            )
+        last_rank = rank
+        total += Fraction(number) * _DURATION_UNITS[unit]
+        pos = m.end()
+    if last_rank < 0:
+        raise ValueError(f"{value!r} is not a valid duration; expected {DURATION_HELP}")
+    return float(total)
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes as an int; ``ValueError`` (saying what is accepted) for negative, fractional or bad values."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size; expected {SIZE_HELP}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{value!r} is not a valid size; expected {SIZE_HELP}")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a size; expected {SIZE_HELP}")
+    if value.strip().startswith("-"):
+        raise ValueError(f"{value!r}: a size cannot be negative; expected {SIZE_HELP}")
+    m = _SIZE.fullmatch(value)
+    if m is None:
+        raise ValueError(f"{value!r} is not a valid size; expected {SIZE_HELP}")
+    number, unit = m.groups()
+    multiplier = _SIZE_UNITS.get(unit.lower() or "b")
+    if multiplier is None:
+        raise ValueError(f"{value!r}: unknown size unit {unit!r}; expected {SIZE_HELP}")
+    size = Fraction(number) * multiplier
+    if size.denominator != 1:
+        raise ValueError(f"{value!r} is not a whole number of bytes; expected {SIZE_HELP}")
+    return int(size)
+
+
+def format_duration(seconds: float) -> str:
+    """Compact form ``parse_duration`` reads back: 0.25 -> ``250ms``, 5400 -> ``1h30m``, 1.5 -> ``1.5s``."""
+    if seconds < 0 or not math.isfinite(seconds):
+        raise ValueError(f"{seconds!r} is not a valid duration")
+    ms = round(seconds * 1000)
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    parts = []
+    for unit in ("d", "h", "m"):
+        unit_ms = _DURATION_UNITS[unit] * 1000
+        count, ms = divmod(ms, unit_ms)
+        if count:
+            parts.append(f"{count}{unit}")
+    if ms:
+        parts.append(f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms / 1000:g}s")
+    return "".join(parts)
+
+
+def format_size(n: int) -> str:
+    """Exact, readable form: 1048576 -> ``1MiB``, 10000000 -> ``10MB``, 1500 -> ``1500B``."""
+    if n < 0:
+        raise ValueError(f"{n!r} is not a valid size")
+    if n == 0:
+        return "0B"
+    best = "B"
+    best_mult = 1
+    for unit, mult in _SIZE_UNITS.items():
+        if n % mult == 0 and mult > best_mult:
+            best, best_mult = unit, mult
+    name = best.upper().replace("I", "i") if best != "b" else "B"
+    return f"{n // best_mult}{name}"

@@ -1,0 +1,1 @@
+"""Shared test helpers (free ports, a real redis-server); the lead's conftest imports the fixtures."""
