@@ -13,7 +13,12 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from edgerules.policy import FileReport
+
+from edgerules.diagnostics import PolicyError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -40,7 +45,7 @@ def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
     from edgerules.diagnostics import format_diagnostics
-    from edgerules.policy import FileReport, validate_file
+    from edgerules.policy import validate_file
 
     reports: list[FileReport] = [
         validate_file(path, args.env, environ=os.environ, for_serving=args.for_serving) for path in args.files
@@ -68,10 +73,7 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK if ok else EXIT_INVALID
 
 
-def _summary_fields(report: object) -> dict[str, object]:
-    from edgerules.policy import FileReport
-
-    assert isinstance(report, FileReport)
+def _summary_fields(report: FileReport) -> dict[str, object]:
     policy = next(iter(report.policies.values()), None)
     warnings = sum(d.severity == "warning" for d in report.diagnostics)
     return {
@@ -82,7 +84,7 @@ def _summary_fields(report: object) -> dict[str, object]:
     }
 
 
-def _summary_line(report: object) -> str:
+def _summary_line(report: FileReport) -> str:
     f = _summary_fields(report)
     envs = f["environments"]
     assert isinstance(envs, list)
@@ -93,8 +95,7 @@ def _summary_line(report: object) -> str:
     ]
     if f["warnings"]:
         parts.append(_plural(f["warnings"], "warning"))
-    path = getattr(report, "path", "?")
-    return f"{path}: ok ({', '.join(parts)})"
+    return f"{report.path}: ok ({', '.join(parts)})"
 
 
 def _plural(n: object, one: str, many: str | None = None) -> str:
@@ -117,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(sub)
+    from edgerules.commands import register_all
+
+    register_all(sub)
     return parser
 
 
@@ -131,6 +135,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except PolicyError as e:  # a command that needs a policy got a bad one: file:line for each problem
+        print(str(e), file=sys.stderr)
+        return EXIT_INVALID
     except Exception as e:  # a bug in edgerules, never the user's fault: say so without a traceback
         print(f"edgerules: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         print("please report this; set EDGERULES_DEBUG=1 to see the traceback", file=sys.stderr)

@@ -1,0 +1,27 @@
+"""Helpers shared by subcommands: the `--policy/--env` pair and opening the policy's store."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from edgerules.model import Policy
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument("--policy", required=required, metavar="FILE", help="policy file (YAML)")
+    parser.add_argument("--env", metavar="NAME", help="environment overlay (e.g. local, staging, production)")
+
+
+def load_policy(args: argparse.Namespace, *, for_serving: bool = False) -> Policy:
+    """The compiled policy for `--policy/--env`; PolicyError propagates (the CLI prints it, exit 1)."""
+    from edgerules.policy import load_policy_file
+
+    return load_policy_file(args.policy, args.env, environ=os.environ, for_serving=for_serving).policy
+
+
+def open_policy_store(policy: Policy):
+    """The same store the proxy uses for this policy and environment."""
+    from edgerules.stores import open_store
+
+    return open_store(policy.store)
