@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 from mitmproxy import ctx, exceptions, http
 
 from edgerules.admin import handle_admin
 from edgerules.diagnostics import PolicyError
-from edgerules.engine.values import Answer, EdgeRequest, Forward, HeaderView
+from edgerules.engine.values import Answer, EdgeRequest, Forward
+from edgerules.flowconv import edge_request
 from edgerules.runtime import EdgeRuntime, Exchange
 
 log = logging.getLogger("edgerules")
@@ -30,28 +30,7 @@ def _response(status: int, headers, body: bytes) -> http.Response:
 
 
 def _edge_request(flow: http.HTTPFlow) -> EdgeRequest:
-    request = flow.request
-    raw_path = request.path
-    path, _, query = raw_path.partition("?")
-    declared = request.headers.get("content-length")
-    body_size = len(request.raw_content) if request.raw_content is not None else None
-    if body_size is None and declared is not None and declared.strip().isdigit():
-        body_size = int(declared)
-    client = flow.client_conn.peername[0] if flow.client_conn.peername else ""
-    upgrade = request.headers.get("upgrade", "").lower() == "websocket"
-    return EdgeRequest(
-        method=request.method.upper(),
-        path=path,
-        query=query,
-        scheme="https" if flow.client_conn.tls_established else "http",
-        host=request.pretty_host,
-        port=request.port,
-        headers=HeaderView(request.headers.items(multi=True)),
-        client_ip=client,
-        body_size=body_size,
-        timestamp=time.time(),
-        websocket=upgrade,
-    )
+    return edge_request(flow)
 
 
 class EdgeRules:
@@ -65,7 +44,11 @@ class EdgeRules:
             "edgerules_env", str, "", "Environment overlay of the policy to serve (e.g. local)."
         )
         loader.add_option(
-            "edgerules_reload_interval", float, 1.0, "Seconds between checks for policy changes."
+            # mitmproxy options have no float type: a string, parsed in configure().
+            "edgerules_reload_interval",
+            str,
+            "1.0",
+            "Seconds between checks for policy changes (e.g. 0.2).",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -74,9 +57,7 @@ class EdgeRules:
         path = ctx.options.edgerules_policy
         if not path:
             raise exceptions.OptionsError("edgerules: set the policy file with --set edgerules_policy=FILE")
-        runtime = EdgeRuntime(
-            path, ctx.options.edgerules_env or None, reload_interval=ctx.options.edgerules_reload_interval
-        )
+        runtime = EdgeRuntime(path, ctx.options.edgerules_env or None, reload_interval=_reload_interval())
         try:
             policy = runtime.load_initial()
         except PolicyError as exc:
@@ -187,6 +168,7 @@ class EdgeRules:
             flow.response.reason = final.reason
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Streamed responses leave before the `response` hook: their headers are decided here."""
         exchange = flow.metadata.get(META)
         if (
             isinstance(exchange, Exchange)
@@ -195,6 +177,10 @@ class EdgeRules:
             and flow.response is not None
         ):
             flow.response.stream = True
+            try:
+                self._apply_headers(flow, exchange)
+            except Exception:
+                log.exception("edgerules: internal error in responseheaders")
 
     def response(self, flow: http.HTTPFlow) -> None:
         try:
@@ -202,17 +188,26 @@ class EdgeRules:
         except Exception:
             log.exception("edgerules: internal error in response")
 
+    def _apply_headers(self, flow: http.HTTPFlow, exchange: Exchange) -> None:
+        assert self.runtime is not None and flow.response is not None
+        response = flow.response
+        to_set, to_remove = self.runtime.finish(
+            exchange, response.status_code, response.headers.items(multi=True)
+        )
+        for name in to_remove:
+            response.headers.pop(name, None)
+        for name, value in to_set:
+            response.headers[name] = value
+        flow.metadata["edgerules_headers_done"] = True
+
     def _finish(self, flow: http.HTTPFlow) -> None:
         runtime = self.runtime
         exchange = flow.metadata.get(META)
         if runtime is None or not isinstance(exchange, Exchange) or flow.response is None:
             return
+        if not flow.metadata.get("edgerules_headers_done"):
+            self._apply_headers(flow, exchange)
         response = flow.response
-        to_set, to_remove = runtime.finish(exchange, response.status_code, response.headers.items(multi=True))
-        for name in to_remove:
-            response.headers.pop(name, None)
-        for name, value in to_set:
-            response.headers[name] = value
         req = flow.metadata.get("edgerules_request")
         if req is not None:
             runtime.record(exchange, req, response.status_code)
@@ -239,6 +234,19 @@ class EdgeRules:
         else:
             flow.response = _response(answer.status, answer.headers, answer.body)
         flow.request.stream = False
+
+
+def _reload_interval() -> float:
+    text = str(ctx.options.edgerules_reload_interval).strip()
+    try:
+        interval = float(text)
+    except ValueError:
+        interval = -1.0
+    if not 0 < interval < float("inf"):
+        raise exceptions.OptionsError(
+            f"edgerules_reload_interval must be a positive number of seconds, got {text!r}"
+        )
+    return interval
 
 
 def _exit_now(message: str) -> None:

@@ -266,6 +266,8 @@ class EdgeRuntime:
         now = time.time()
         if exchange.policy is None:
             return [], []
+        # The cache decides on what the origin said, not on the policy's response rules applied after this.
+        exchange.extra["origin_headers"] = list(headers)
         return response_headers(
             exchange.decision, exchange.policy, EdgeResponse(status, HeaderView(headers)), now=now
         )
@@ -334,7 +336,7 @@ class EdgeRuntime:
                     req.method,
                     req.headers.pairs,
                     status,
-                    list(headers),
+                    list(exchange.extra.get("origin_headers", headers)),  # type: ignore[call-overload]
                     body,
                     now - (exchange.upstream_seconds or 0.0),
                     now,

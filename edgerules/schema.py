@@ -53,7 +53,9 @@ def _validator() -> Draft202012Validator:
     schema = load_schema()
     Draft202012Validator.check_schema(schema)
     checker = FormatChecker(formats=())
-    checker.checks("edgerules-cidr", raises=ValueError)(_checking(lambda v: ipaddress.ip_network(v, strict=True)))
+    checker.checks("edgerules-cidr", raises=ValueError)(
+        _checking(lambda v: ipaddress.ip_network(v, strict=True))
+    )
     checker.checks("edgerules-duration", raises=ValueError)(_checking(parse_duration))
     checker.checks("edgerules-size", raises=ValueError)(_checking(parse_size))
     return Draft202012Validator(schema, format_checker=checker)
@@ -76,21 +78,23 @@ def validate_document(doc: LoadedDocument) -> list[Diagnostic]:
         errors = list(_validator().iter_errors(doc.data))
     except RecursionError:
         return [Diagnostic("error", "the policy is nested too deeply to check", doc.mark_for(""))]
+    typos = _typos(errors)
     diags: list[Diagnostic] = []
     for error in errors:
-        diags.extend(_safe_diagnose(error, doc))
+        diags.extend(_safe_diagnose(error, doc, typos))
     return sorted(_dedupe(diags), key=_position)
 
 
 def _dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
     """One diagnostic per problem: drop repeats, and a message another one at the same node extends."""
-    out: list[Diagnostic] = []
+    by_node: dict[str, list[Diagnostic]] = {}
     for d in diags:
-        if any(o.pointer == d.pointer and o.message.startswith(d.message) for o in out):
+        same_node = by_node.setdefault(d.pointer, [])
+        if any(o.message.startswith(d.message) for o in same_node):
             continue
-        out = [o for o in out if not (o.pointer == d.pointer and d.message.startswith(o.message))]
-        out.append(d)
-    return out
+        same_node[:] = [o for o in same_node if not d.message.startswith(o.message)]
+        same_node.append(d)
+    return [d for same_node in by_node.values() for d in same_node]
 
 
 def _position(d: Diagnostic) -> tuple[int, str, int, int]:
@@ -99,18 +103,38 @@ def _position(d: Diagnostic) -> tuple[int, str, int, int]:
     return (0, d.mark.file, d.mark.line, d.mark.col)
 
 
-def _safe_diagnose(error: ValidationError, doc: LoadedDocument) -> list[Diagnostic]:
+def _typos(errors: Iterable[ValidationError]) -> dict[str, set[str]]:
+    """Object pointer -> the known keys its unknown keys look like (``tll`` -> ``ttl``)."""
+    out: dict[str, set[str]] = {}
+    for error in errors:
+        schema = error.schema if isinstance(error.schema, dict) else {}
+        if error.validator == "additionalProperties" and schema.get("additionalProperties") is False:
+            allowed = list(schema.get("properties", {}))
+            guesses = {_did_you_mean(str(k), allowed) for k in error.instance if k not in allowed}
+            out.setdefault(_pointer(error.absolute_path), set()).update(g for g in guesses if g)
+    return out
+
+
+def _safe_diagnose(
+    error: ValidationError, doc: LoadedDocument, typos: dict[str, set[str]]
+) -> list[Diagnostic]:
     try:
-        return list(_diagnose(error, doc))
+        return list(_diagnose(error, doc, typos))
     except Exception:  # never let a message-formatting bug hide the problem itself
         pointer = _pointer(error.absolute_path)
-        return [Diagnostic("error", f"{_where(error.absolute_path)}: {error.message}", doc.mark_for(pointer), pointer)]
+        return [
+            Diagnostic(
+                "error", f"{_where(error.absolute_path)}: {error.message}", doc.mark_for(pointer), pointer
+            )
+        ]
 
 
 # ------------------------------------------------------------------------------------------------ messages
 
 
-def _diagnose(error: ValidationError, doc: LoadedDocument) -> Iterator[Diagnostic]:
+def _diagnose(
+    error: ValidationError, doc: LoadedDocument, typos: dict[str, set[str]]
+) -> Iterator[Diagnostic]:
     path = list(error.absolute_path)
     pointer = _pointer(path)
     where = _where(path)
@@ -136,7 +160,8 @@ def _diagnose(error: ValidationError, doc: LoadedDocument) -> Iterator[Diagnosti
         return
     if keyword == "required":
         for key in error.validator_value:
-            if isinstance(value, dict) and key not in value:
+            # A misspelt key is reported once, as unknown with "did you mean", not also as missing.
+            if isinstance(value, dict) and key not in value and key not in typos.get(pointer, ()):
                 yield Diagnostic(
                     "error",
                     f"missing required key '{key}' in {where}",
@@ -151,7 +176,7 @@ def _diagnose(error: ValidationError, doc: LoadedDocument) -> Iterator[Diagnosti
             branch = best.relative_schema_path[0]
             for sub in inner:
                 if sub.relative_schema_path[0] == branch:
-                    yield from _diagnose(sub, doc)
+                    yield from _diagnose(sub, doc, typos)
             return
     if keyword == "uniqueItems" and isinstance(value, list):
         yield from _duplicates(value, path, doc)
@@ -172,7 +197,9 @@ def _is_inner(error: ValidationError) -> bool:
     return error.validator != "type" or len(error.relative_path) > 0
 
 
-def _unknown_keys(value: Any, schema: dict[str, Any], path: list[str | int], doc: LoadedDocument) -> Iterator[Diagnostic]:
+def _unknown_keys(
+    value: Any, schema: dict[str, Any], path: list[str | int], doc: LoadedDocument
+) -> Iterator[Diagnostic]:
     allowed = list(schema.get("properties", {}))
     where = _where(path, top="the top level")
     pointer = _pointer(path)
@@ -185,7 +212,9 @@ def _unknown_keys(value: Any, schema: dict[str, Any], path: list[str | int], doc
         if guess:
             message += f"; did you mean '{guess}'?"
         hint = f"allowed keys: {', '.join(allowed)}" if allowed else "no keys are allowed here"
-        yield Diagnostic("error", message, doc.key_marks.get(key_pointer) or doc.mark_for(pointer), key_pointer, hint)
+        yield Diagnostic(
+            "error", message, doc.key_marks.get(key_pointer) or doc.mark_for(pointer), key_pointer, hint
+        )
 
 
 def _duplicates(items: list[Any], path: list[str | int], doc: LoadedDocument) -> Iterator[Diagnostic]:
@@ -194,7 +223,10 @@ def _duplicates(items: list[Any], path: list[str | int], doc: LoadedDocument) ->
         if any(_same(item, other) for other in seen):
             pointer = _pointer([*path, index])
             yield Diagnostic(
-                "error", f"{_where(path)}: {_show(item)} is listed more than once", doc.mark_for(pointer), pointer
+                "error",
+                f"{_where(path)}: {_show(item)} is listed more than once",
+                doc.mark_for(pointer),
+                pointer,
             )
         else:
             seen.append(item)
@@ -213,13 +245,18 @@ def _value_problem(error: ValidationError, schema: dict[str, Any], value: Any) -
         choices = [str(c) for c in error.validator_value]
         what = expected or "a valid value"
         guess = _did_you_mean(str(value), choices) if isinstance(value, str) else None
-        return f"{shown} is not {what}; allowed: {', '.join(choices)}", f"did you mean '{guess}'?" if guess else ""
+        return (
+            f"{shown} is not {what}; allowed: {', '.join(choices)}",
+            f"did you mean '{guess}'?" if guess else "",
+        )
     if keyword == "format":
         cause = f" ({error.cause})" if error.cause else ""
         return f"expected {expected or error.validator_value}, got {shown}{cause}", ""
     if expected and keyword in ("anyOf", "oneOf"):
         return f"expected {expected}, got {shown}{_format_cause(error.context)}", ""
-    if expected and keyword in ("type", "pattern", "const", "minProperties", "maxProperties"):
+    if expected and keyword in ("minProperties", "maxProperties") and isinstance(value, dict):
+        return f"expected {expected}, got {', '.join(map(str, value)) or 'no keys'}", ""
+    if expected and keyword in ("type", "pattern", "const"):
         return f"expected {expected}, got {shown}", ""
     if expected and keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         return f"expected {expected}, got {shown}", ""
@@ -270,7 +307,9 @@ def _describe_branches(branches: Iterable[Any]) -> str:
     nouns = []
     for branch in branches:
         if isinstance(branch, dict):
-            noun = branch.get("x-expected") or branch.get("title") or _TYPE_NOUNS.get(branch.get("type", ""), "")
+            noun = (
+                branch.get("x-expected") or branch.get("title") or _TYPE_NOUNS.get(branch.get("type", ""), "")
+            )
             if noun:
                 nouns.append(str(noun))
     return " or ".join(nouns) or "a different value"
@@ -320,5 +359,3 @@ def _where(path: Iterable[str | int], top: str = "the policy") -> str:
         else:
             out += f"[{json.dumps(token)}]"
     return out or top
-
-

@@ -72,14 +72,25 @@ def test_aybiza_spot_checks_base() -> None:
     assert health.methods == frozenset({"GET"}) and health.max_body_size == 1_000_000
     assert p.cache.never is not None and p.cache.never.paths is not None
     assert p.cache.never.paths.match("/voice/stream/abc") is not None
-    assert p.cache.rules[1][0].paths is not None and p.cache.rules[1][0].paths.match("/api/v1/health") is not None
+    assert (
+        p.cache.rules[1][0].paths is not None
+        and p.cache.rules[1][0].paths.match("/api/v1/health") is not None
+    )
     assert p.cache.status_header == "CF-Cache-Status"
     # validation / classification / auth
-    assert p.validation.allow_paths is not None and p.validation.allow_paths.match("/api/v1/agents/7") is not None
+    assert (
+        p.validation.allow_paths is not None
+        and p.validation.allow_paths.match("/api/v1/agents/7") is not None
+    )
     assert p.validation.allow_paths.match("/admin") is None
     assert p.validation.max_body_size == 10 * 1024 * 1024 and p.validation.max_url_length == 8192
     assert p.validation.content_types["POST"] == ("application/json", "audio/*", "application/octet-stream")
-    assert [c.name for c in p.classify.classes] == ["audio-stream", "agent-config", "call-management", "webhook"]
+    assert [c.name for c in p.classify.classes] == [
+        "audio-stream",
+        "agent-config",
+        "call-management",
+        "webhook",
+    ]
     assert p.classify.classes[0].stream is True and p.classify.default_class == "api-call"
     twilio = p.classify.priorities[2].match.headers[0]
     assert (twilio.name, twilio.contains) == ("user-agent", "Twilio")
@@ -99,7 +110,11 @@ def test_aybiza_spot_checks_base() -> None:
     assert p.geo.country_header == "cf-ipcountry" and p.geo.trusted_proxies == ()
     assert p.admin.token is None
     assert p.admin.allow_cidrs == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-    assert (p.store.backend, p.store.path, p.store.size_limit) == ("diskcache", ".edgerules-state/aybiza", 256 << 20)
+    assert (p.store.backend, p.store.path, p.store.size_limit) == (
+        "diskcache",
+        ".edgerules-state/aybiza",
+        256 << 20,
+    )
     assert p.metrics.rollup_retention == 7 * 86400.0 and p.metrics.access_log is False
 
 
@@ -113,7 +128,11 @@ def test_aybiza_local_overlay_merges() -> None:
     assert [r.port for r in p.regions.values()] == [9101, 9102, 9103]
     r = p.regions["eu-west-1"]
     assert r.lat == pytest.approx(53.3498)  # location kept from the base
-    assert (r.health.interval, r.health.timeout, r.health.path) == (1.0, 1.0, "/health")  # health merged per field
+    assert (r.health.interval, r.health.timeout, r.health.path) == (
+        1.0,
+        0.5,
+        "/health",
+    )  # health merged per field
     assert p.passive_health.ejection == 5.0 and p.passive_health.failures == 3
     assert p.geo.trusted_proxies == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
     assert p.geo.country_header == "cf-ipcountry"
@@ -223,7 +242,13 @@ def test_upstream_split_and_defaults(tmp_path: Path) -> None:
     )
     p = load_policy_file(path).policy
     a, b = p.regions["a"], p.regions["b"]
-    assert (a.scheme, a.host, a.port, a.base_path, a.upstream) == ("https", "::1", 8443, "/base", "https://[::1]:8443/base")
+    assert (a.scheme, a.host, a.port, a.base_path, a.upstream) == (
+        "https",
+        "::1",
+        8443,
+        "/base",
+        "https://[::1]:8443/base",
+    )
     assert (b.port, b.base_path, b.upstream) == (80, "", "http://h.example")
     assert b.health == model.HealthProbe()
     assert p.auth is None and p.cache is None and p.cors == ()

@@ -63,7 +63,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         server: RedisServer = request.getfixturevalue("redis_server")
         made = Backend(
             "redis",
-            lambda p: open_store(StoreConfig(backend="redis", url=server.url, prefix=p)),
+            lambda p: open_store(StoreConfig(backend="redis", url=server.url, prefix=p, timeout=5.0)),
             asyncio.sleep,
         )
     yield made
