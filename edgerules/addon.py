@@ -23,9 +23,13 @@ META = "edgerules"
 
 
 def _response(status: int, headers, body: bytes) -> http.Response:
-    response = http.Response.make(
-        status, body, [(k.encode(), v.encode("latin-1", "replace")) for k, v in headers]
-    )
+    """A response carrying `body` byte for byte: an origin's gzip body must not be encoded a second time."""
+    response = http.Response.make(status, b"", [(k.encode(), v.encode("latin-1", "replace")) for k, v in headers])
+    response.raw_content = body
+    if status in (204, 304) or 100 <= status < 200:
+        response.headers.pop("content-length", None)
+    else:
+        response.headers["content-length"] = str(len(body))
     return response
 
 

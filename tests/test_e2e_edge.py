@@ -116,6 +116,18 @@ def test_invalid_requests_never_reach_an_origin(edge, method, path, headers, sta
     assert after == before
 
 
+def test_encoded_origin_bodies_pass_byte_for_byte(edge):
+    proxy, _ = edge
+    response = http(
+        "GET",
+        f"{proxy.url}/api/v1/calls/enc",
+        {"CF-IPCountry": "US", "X-Test-Response-Headers": json.dumps({"Content-Encoding": "gzip"}), **bearer()},
+    )
+    assert response.status == 200
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert json.loads(response.body)["path"] == "/api/v1/calls/enc"  # not compressed a second time
+
+
 def test_preflight_is_answered_at_the_edge(edge):
     proxy, origins = edge
     before = sum(routed_requests(o) for o in origins.values())
