@@ -24,7 +24,9 @@ META = "edgerules"
 
 def _response(status: int, headers, body: bytes) -> http.Response:
     """A response carrying `body` byte for byte: an origin's gzip body must not be encoded a second time."""
-    response = http.Response.make(status, b"", [(k.encode(), v.encode("latin-1", "replace")) for k, v in headers])
+    response = http.Response.make(
+        status, b"", [(k.encode(), v.encode("latin-1", "replace")) for k, v in headers]
+    )
     response.raw_content = body
     if status in (204, 304) or 100 <= status < 200:
         response.headers.pop("content-length", None)

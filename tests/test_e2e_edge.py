@@ -121,7 +121,11 @@ def test_encoded_origin_bodies_pass_byte_for_byte(edge):
     response = http(
         "GET",
         f"{proxy.url}/api/v1/calls/enc",
-        {"CF-IPCountry": "US", "X-Test-Response-Headers": json.dumps({"Content-Encoding": "gzip"}), **bearer()},
+        {
+            "CF-IPCountry": "US",
+            "X-Test-Response-Headers": json.dumps({"Content-Encoding": "gzip"}),
+            **bearer(),
+        },
     )
     assert response.status == 200
     assert response.headers["Content-Encoding"] == "gzip"
