@@ -28,7 +28,8 @@ demo: venv
 	$(BIN)/python examples/demo.py
 
 test: venv system-deps
-	$(BIN)/edgerules validate rules/aybiza.yaml
+	$(BIN)/edgerules validate rules/aybiza.yaml examples/minimal.yaml
+	$(BIN)/edgerules test rules/ --coverage
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -p no:cacheprovider
 
 test-fast: venv

@@ -1,0 +1,187 @@
+"""`edgerules explain METHOD URL`: what the edge would do with one request, and which rules decided it.
+
+Runs the engine offline (a MemoryStore, every region healthy unless `--down`), then, when the request is
+forwarded, the response phase for a plausible `200 application/json` answer from the origin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from edgerules.model import Policy
+
+DEFAULT_POLICY = "rules/aybiza.yaml"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="show the decision and the rule trace (file:line) for one request",
+        description="Run one request through the policy offline and explain the decision.",
+    )
+    p.add_argument("method", metavar="METHOD", help="HTTP method, e.g. GET")
+    p.add_argument("url", metavar="URL", help="a path (/api/v1/agents/1?x=1) or an absolute URL")
+    p.add_argument(
+        "-H", "--header", action="append", default=[], metavar="'K: V'", help="request header (repeatable)"
+    )
+    p.add_argument("--country", metavar="CC", help="client country (sets the geo header from a trusted peer)")
+    p.add_argument("--client-ip", metavar="IP", help="client address (default loopback)")
+    p.add_argument(
+        "--down", action="append", default=[], metavar="REGION", help="treat REGION as unhealthy (repeatable)"
+    )
+    p.add_argument("--body-size", type=int, metavar="BYTES", help="request body size")
+    p.add_argument(
+        "--policy", default=DEFAULT_POLICY, metavar="FILE", help=f"policy file (default {DEFAULT_POLICY})"
+    )
+    p.add_argument("--env", metavar="NAME", help="environment overlay (e.g. local)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    from edgerules.policy import load_policy_file
+
+    headers = []
+    for raw in args.header:
+        name, sep, value = raw.partition(":")
+        if not sep or not name.strip():
+            print(f"edgerules explain: bad header {raw!r} (expected 'Name: value')", file=out)
+            return 2
+        headers.append((name.strip(), value.strip()))
+    for_serving = bool(os.environ.get("JWT_SECRET"))
+    policy = load_policy_file(args.policy, args.env, environ=os.environ, for_serving=for_serving).policy
+    unknown = [r for r in args.down if r not in policy.regions]
+    if unknown:
+        print(
+            f"edgerules explain: unknown region {', '.join(unknown)} (regions: {', '.join(policy.regions)})",
+            file=out,
+        )
+        return 2
+    doc = asyncio.run(explain(policy, args.method, args.url, headers, args))
+    if args.format == "json":
+        print(json.dumps(doc, indent=2, sort_keys=False), file=out)
+    else:
+        print(_text(doc), file=out)
+    return 0
+
+
+async def explain(
+    policy: Policy, method: str, url: str, headers: list[tuple[str, str]], args: argparse.Namespace
+) -> dict[str, Any]:
+    from edgerules.engine.core import decide_request
+    from edgerules.engine.state import EngineState
+    from edgerules.engine.values import Answer, EdgeResponse, HeaderView
+    from edgerules.health import HealthRegistry
+    from edgerules.policytest import build_request, observe
+    from edgerules.stores.memory import MemoryStore
+
+    now = time.time()
+    health = HealthRegistry()
+    for region in args.down:
+        health.force(region, False)
+    state = EngineState(MemoryStore(), health, now=lambda: now)
+    request = build_request(
+        policy,
+        method,
+        url,
+        headers,
+        country=args.country,
+        client_ip=args.client_ip,
+        body_size=args.body_size,
+        now=now,
+    )
+    decision = await decide_request(request, policy, state)
+    origin = EdgeResponse(200, HeaderView([("Content-Type", "application/json")]))
+    obs = observe(request, decision, policy, origin, now)
+    outcome = decision.outcome
+    doc: dict[str, Any] = {
+        "request": {"method": request.method, "url": request.url, "client_ip": request.client_ip}
+    }
+    f = obs.fields
+    if isinstance(outcome, Answer):
+        doc["decision"] = {
+            "outcome": "answer",
+            "status": outcome.status,
+            "kind": outcome.kind,
+            "body": f["body"],
+        }
+    else:
+        doc["decision"] = {
+            "outcome": "forward",
+            "region": f["region"],
+            "priority": f["priority"],
+            "degraded": f["degraded"],
+            "targets": [
+                {"region": t.region, "priority": t.priority, "url": f"{t.scheme}://{t.host}:{t.port}{t.path}"}
+                for t in outcome.targets
+            ],
+            "stream": outcome.stream,
+            "request_headers_set": [list(p) for p in outcome.set_headers]
+            + [list(p) for p in (outcome.targets[0].headers if outcome.targets else ())],
+            "request_headers_removed": list(outcome.remove_headers),
+            "assumed_origin_response": "200 application/json",
+        }
+    doc["context"] = {
+        k: f[k]
+        for k in (
+            "country",
+            "class",
+            "request_priority",
+            "auth",
+            "identity",
+            "cache",
+            "rate_limit_remaining",
+            "error",
+        )
+    }
+    doc["response"] = {"status": f["status"], "headers": [list(p) for p in obs.response_headers]}
+    doc["trace"] = [e.to_json() for e in obs.trace]
+    return doc
+
+
+def _text(doc: dict[str, Any]) -> str:
+    from edgerules.engine.values import TraceEntry
+    from edgerules.policytest import trace_lines
+
+    r, d, c = doc["request"], doc["decision"], doc["context"]
+    lines = [f"{r['method']} {r['url']}  (client {r['client_ip']})", ""]
+    if d["outcome"] == "answer":
+        body = d["body"] if isinstance(d["body"], str) else json.dumps(d["body"])
+        lines.append(f"decision: answered by the edge: {d['status']} ({d['kind']})")
+        if body:
+            lines.append(f"  body: {body}")
+    else:
+        degraded = " DEGRADED" if d["degraded"] else ""
+        lines.append(f"decision: forward to {d['region']} ({d['priority']}{degraded})")
+        for t in d["targets"]:
+            lines.append(f"  target {t['priority']:<9} {t['region']:<12} {t['url']}")
+        if d["stream"]:
+            lines.append("  streamed (not buffered, not cached)")
+        lines.append("  request headers set:")
+        lines.extend(f"    {n}: {v}" for n, v in d["request_headers_set"])
+        if d["request_headers_removed"]:
+            lines.append(f"  request headers removed: {', '.join(d['request_headers_removed'])}")
+    lines.append("")
+    lines.append("context: " + ", ".join(f"{k}={_short(v)}" for k, v in c.items()))
+    assumed = " (assuming the origin answers 200 application/json)" if d["outcome"] == "forward" else ""
+    lines.append(f"response {doc['response']['status']}{assumed}:")
+    lines.extend(f"  {n}: {v}" for n, v in doc["response"]["headers"])
+    lines.append("")
+    lines.append("trace:")
+    entries = [TraceEntry(**e) for e in doc["trace"]]
+    lines.extend("  " + line for line in trace_lines(entries))
+    return "\n".join(lines)
+
+
+def _short(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)

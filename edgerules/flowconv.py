@@ -1,0 +1,35 @@
+"""A mitmproxy HTTP flow as the engine's `EdgeRequest`: shared by the addon (live flows) and `edgerules replay`
+(flows recorded with `mitmdump -w`). Duck-typed on the flow, so this module never imports mitmproxy."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from edgerules.engine.values import EdgeRequest, HeaderView
+
+
+def edge_request(flow: Any, *, timestamp: float | None = None) -> EdgeRequest:
+    """`flow` is a `mitmproxy.http.HTTPFlow`; `timestamp` defaults to now (the addon) - replay passes the
+    recorded time."""
+    request = flow.request
+    path, _, query = request.path.partition("?")
+    declared = request.headers.get("content-length")
+    body_size = len(request.raw_content) if request.raw_content is not None else None
+    if body_size is None and declared is not None and declared.strip().isdigit():
+        body_size = int(declared)
+    peer = flow.client_conn.peername
+    upgrade = request.headers.get("upgrade", "").lower() == "websocket"
+    return EdgeRequest(
+        method=request.method.upper(),
+        path=path,
+        query=query,
+        scheme="https" if flow.client_conn.tls_established else "http",
+        host=request.pretty_host,
+        port=request.port,
+        headers=HeaderView(request.headers.items(multi=True)),
+        client_ip=peer[0] if peer else "",
+        body_size=body_size,
+        timestamp=time.time() if timestamp is None else timestamp,
+        websocket=upgrade,
+    )

@@ -1,0 +1,886 @@
+"""Policy test files (`*.test.yaml`): cases run through the engine offline, with a readable diff on failure.
+
+A test file names a policy (relative to itself), an environment and values for `${env:...}`, then lists cases.
+Each case builds a fresh world (a MemoryStore, region health, API keys, rate-limit usage, cached responses),
+sends one request through `decide_request`, simulates the origin's response when the request is forwarded,
+and compares what the edge did with `expect`. Nothing here touches the network or mitmproxy.
+
+Test files are checked strictly (unknown keys, wrong types) with file:line errors, like policies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import difflib
+import ipaddress
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+
+from edgerules.auth.apikeys import hash_key, parse_rate_limit
+from edgerules.diagnostics import Diagnostic, Mark, PolicyError
+from edgerules.engine.core import decide_request, response_headers
+from edgerules.engine.state import EngineState
+from edgerules.engine.values import Answer, Decision, EdgeRequest, EdgeResponse, HeaderView, TraceEntry
+from edgerules.health import HealthRegistry
+from edgerules.loader import LoadedDocument, join_pointer, load_policy, load_yaml_file
+from edgerules.model import Policy
+from edgerules.policy import load_policy_file
+from edgerules.ratelimit import RateLimiter
+from edgerules.stores.memory import MemoryStore
+from edgerules.units import parse_duration
+
+DEFAULT_HOST = "edge.test"
+
+# ------------------------------------------------------------------------------------------- file shape
+
+_STR, _INT, _BOOL, _MAP, _LIST = "a string", "an integer", "a boolean", "a mapping", "a list"
+_INT_OR_NULL = "an integer or null"
+_FILE_KEYS = {"policy": _STR, "env": _STR, "environ": _MAP, "time": _STR, "host": _STR, "cases": _LIST}
+_CASE_KEYS = {"name": _STR, "request": _MAP, "world": _MAP, "response": _MAP, "expect": _MAP}
+_REQUEST_KEYS = {
+    "method": _STR,
+    "url": _STR,
+    "headers": _MAP,
+    "client_ip": _STR,
+    "country": _STR,
+    "auth": _MAP,
+    "body_size": _INT,
+    "time": _STR,
+    "websocket": _BOOL,
+}
+_AUTH_KEYS = {
+    "jwt": _MAP,
+    "api_key": _STR,
+    "bearer": _STR,
+    "secret": _STR,
+    "algorithm": _STR,
+    "expires_in": _STR,
+}
+_WORLD_KEYS = {"down": _LIST, "api_keys": _LIST, "rate_limit_usage": _MAP, "cached": _LIST}
+_API_KEY_KEYS = {
+    "name": _STR,
+    "user": _STR,
+    "role": _STR,
+    "permissions": _LIST,
+    "rate_limit": _STR,
+    "active": _BOOL,
+    "expires_in": _STR,
+}
+_CACHED_KEYS = {"url": _STR, "status": _INT, "headers": _MAP, "body": None, "auth": _MAP}
+_RESPONSE_KEYS = {"status": _INT, "headers": _MAP, "body_size": _INT}
+_EXPECT_KEYS = {
+    "status": _INT,
+    "outcome": _STR,
+    "answer": _STR,
+    "error": None,
+    "body": None,
+    "region": _STR,
+    "priority": _STR,
+    "degraded": _BOOL,
+    "country": _STR,
+    "class": _STR,
+    "request_priority": _STR,
+    "request_headers": _MAP,
+    "request_headers_absent": _LIST,
+    "response_headers": _MAP,
+    "response_headers_absent": _LIST,
+    "cache": _STR,
+    "auth": _STR,
+    "identity": _MAP,
+    "rate_limit_remaining": _INT_OR_NULL,
+}
+_TYPES: dict[str, Callable[[object], bool]] = {
+    _STR: lambda v: isinstance(v, str),
+    _INT: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    _BOOL: lambda v: isinstance(v, bool),
+    _INT_OR_NULL: lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+    _MAP: lambda v: isinstance(v, dict),
+    _LIST: lambda v: isinstance(v, list),
+}
+
+
+class _Checker:
+    """Strict shape checks on a loaded test file; every problem becomes a file:line diagnostic."""
+
+    def __init__(self, doc: LoadedDocument) -> None:
+        self.doc = doc
+        self.diags: list[Diagnostic] = []
+
+    def error(self, pointer: str, message: str, hint: str = "", *, key: bool = False) -> None:
+        mark = self.doc.key_mark_for(pointer) if key else self.doc.mark_for(pointer)
+        self.diags.append(Diagnostic("error", message, mark, pointer, hint))
+
+    def mapping(self, value: Any, pointer: str, spec: Mapping[str, str | None], required: Iterable[str] = ()):
+        if not isinstance(value, dict):
+            self.error(pointer, f"{pointer or 'the file'} must be a mapping")
+            return {}
+        for key, item in value.items():
+            child = join_pointer(pointer, key)
+            if key not in spec:
+                close = difflib.get_close_matches(str(key), list(spec), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"expected one of {', '.join(spec)}"
+                self.error(child, f"unknown key {key!r}", hint, key=True)
+                continue
+            kind = spec[key]
+            if kind is not None and not _TYPES[kind](item):
+                self.error(child, f"{key} must be {kind}")
+        for key in required:
+            if key not in value:
+                self.error(pointer, f"missing required key {key!r}")
+        return value
+
+    def strings(self, value: Any, pointer: str, *, allow_null: bool = False) -> None:
+        """A mapping of name -> scalar (header maps, environ)."""
+        if not isinstance(value, dict):
+            return
+        for key, item in value.items():
+            if allow_null and item is None:
+                continue
+            if not isinstance(item, str | int | float) or isinstance(item, bool):
+                self.error(join_pointer(pointer, key), f"{key} must be a string")
+
+
+def _check(doc: LoadedDocument) -> None:
+    c = _Checker(doc)
+    top = c.mapping(doc.data, "", _FILE_KEYS, required=("policy", "cases"))
+    c.strings(top.get("environ"), "/environ")
+    cases = top.get("cases")
+    for i, case in enumerate(cases if isinstance(cases, list) else []):
+        p = f"/cases/{i}"
+        case = c.mapping(case, p, _CASE_KEYS, required=("name", "expect"))
+        req = c.mapping(case.get("request", {}), f"{p}/request", _REQUEST_KEYS, required=("url",))
+        c.strings(req.get("headers"), f"{p}/request/headers")
+        if isinstance(req.get("auth"), dict):
+            _check_auth(c, req["auth"], f"{p}/request/auth")
+        world = c.mapping(case.get("world", {}), f"{p}/world", _WORLD_KEYS)
+        for j, key in enumerate(world.get("api_keys") or []):
+            c.mapping(key, f"{p}/world/api_keys/{j}", _API_KEY_KEYS, required=("name",))
+        for j, entry in enumerate(world.get("cached") or []):
+            entry = c.mapping(entry, f"{p}/world/cached/{j}", _CACHED_KEYS, required=("url",))
+            c.strings(entry.get("headers"), f"{p}/world/cached/{j}/headers")
+            if isinstance(entry.get("auth"), dict):
+                _check_auth(c, entry["auth"], f"{p}/world/cached/{j}/auth")
+        for name, used in (world.get("rate_limit_usage") or {}).items():
+            if not _TYPES[_INT](used):
+                c.error(f"{p}/world/rate_limit_usage/{name}", f"{name} must be an integer")
+        resp = c.mapping(case.get("response", {}), f"{p}/response", _RESPONSE_KEYS)
+        c.strings(resp.get("headers"), f"{p}/response/headers")
+        expect = c.mapping(case.get("expect", {}), f"{p}/expect", _EXPECT_KEYS)
+        for name in ("request_headers", "response_headers"):
+            c.strings(expect.get(name), f"{p}/expect/{name}")
+        if "outcome" in expect and expect["outcome"] not in ("answer", "forward"):
+            c.error(f"{p}/expect/outcome", "outcome must be 'answer' or 'forward'")
+    if isinstance(cases, list) and not cases:
+        c.error("/cases", "a test file needs at least one case")
+    if c.diags:
+        raise PolicyError(c.diags)
+
+
+def _check_auth(c: _Checker, auth: dict, pointer: str) -> None:
+    c.mapping(auth, pointer, _AUTH_KEYS)
+    kinds = [k for k in ("jwt", "api_key", "bearer") if k in auth]
+    if len(kinds) != 1:
+        c.error(pointer, "auth needs exactly one of jwt, api_key, bearer")
+
+
+# ------------------------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    name: str
+    file: str
+    line: int
+    data: dict[str, Any]  # the case as written (checked)
+
+
+@dataclass(slots=True)
+class TestFile:
+    path: str
+    policy_path: str
+    env: str | None
+    environ: dict[str, str]
+    time: float | None
+    host: str
+    cases: list[Case]
+
+
+def load_test_file(path: str | os.PathLike[str]) -> TestFile:
+    """Parse and check one test file; PolicyError (file:line) when it is malformed."""
+    file = os.fspath(path)
+    doc = load_yaml_file(file)
+    _check(doc)
+    data = doc.data
+    base = Path(file).parent
+    cases = []
+    for i, case in enumerate(data["cases"]):
+        mark = doc.mark_for(f"/cases/{i}")
+        cases.append(Case(str(case["name"]), file, mark.line if mark else 0, case))
+    when = None
+    if "time" in data:
+        when = _parse_time(data["time"], doc.mark_for("/time"))
+    return TestFile(
+        path=file,
+        policy_path=str(base / data["policy"]),
+        env=data.get("env"),
+        environ={k: str(v) for k, v in (data.get("environ") or {}).items()},
+        time=when,
+        host=data.get("host", DEFAULT_HOST),
+        cases=cases,
+    )
+
+
+def _parse_time(text: str, mark: Mark | None) -> float:
+    try:
+        parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise PolicyError.at(mark, f"time {text!r} is not an ISO 8601 timestamp") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return parsed.timestamp()
+
+
+def find_test_files(paths: Iterable[str]) -> list[str]:
+    """Files as given; directories searched (recursively) for `*.test.yaml`."""
+    out: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            out.extend(sorted(str(f) for f in Path(p).rglob("*.test.yaml")))
+        else:
+            out.append(p)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- building requests
+
+
+def trusted_client_ip(policy: Policy) -> str:
+    """A client address the policy believes geo headers from: loopback when trusted, else a trusted proxy."""
+    for candidate in ("127.0.0.1", "::1"):
+        address = ipaddress.ip_address(candidate)
+        if any(address.version == n.version and address in n for n in policy.geo.trusted_proxies):
+            return candidate
+    if policy.geo.trusted_proxies:
+        net = policy.geo.trusted_proxies[0]
+        return str(net.network_address + (1 if net.num_addresses > 1 else 0))
+    return "127.0.0.1"
+
+
+def build_request(
+    policy: Policy,
+    method: str,
+    url: str,
+    headers: Iterable[tuple[str, str]] = (),
+    *,
+    country: str | None = None,
+    client_ip: str | None = None,
+    body_size: int | None = None,
+    host: str = DEFAULT_HOST,
+    now: float | None = None,
+    websocket: bool = False,
+) -> EdgeRequest:
+    """An EdgeRequest from a URL (absolute, or a path with an optional query) as the commands see it."""
+    parts = urlsplit(url)
+    scheme = parts.scheme or "https"
+    host = parts.hostname or host
+    port = parts.port or (443 if scheme == "https" else 80)
+    pairs = list(headers)
+    if country is not None and policy.geo.country_header:
+        pairs = [(n, v) for n, v in pairs if n.lower() != policy.geo.country_header.lower()]
+        pairs.append((policy.geo.country_header, country))
+        client_ip = client_ip or trusted_client_ip(policy)
+    if not any(n.lower() == "host" for n, _ in pairs):
+        pairs.insert(0, ("Host", host))
+    if body_size is None and method.upper() in ("POST", "PUT", "PATCH"):
+        body_size = 0
+    return EdgeRequest(
+        method=method.upper(),
+        path=parts.path or "/",
+        query=parts.query,
+        scheme=scheme,
+        host=host,
+        port=port,
+        headers=HeaderView(pairs),
+        client_ip=client_ip or "127.0.0.1",
+        body_size=body_size,
+        timestamp=time.time() if now is None else now,
+        websocket=websocket,
+    )
+
+
+# ------------------------------------------------------------------------------------------- observing
+
+
+def forwarded_headers(request: EdgeRequest, decision: Decision) -> list[tuple[str, str]]:
+    """The headers the first target region receives (client headers after removals and rewrites)."""
+    outcome = decision.outcome
+    assert not isinstance(outcome, Answer)
+    pairs = list(request.headers.pairs)
+    removed = set(outcome.remove_headers)
+    pairs = [(n, v) for n, v in pairs if n.lower() not in removed]
+    target_headers = outcome.targets[0].headers if outcome.targets else ()
+    return _apply_set(pairs, [*outcome.set_headers, *target_headers])
+
+
+def _apply_set(pairs: list[tuple[str, str]], to_set: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Each set header replaces earlier values of the same name (the first set value wins over the client)."""
+    out = list(pairs)
+    seen: set[str] = set()
+    for name, value in to_set:
+        low = name.lower()
+        if low not in seen:
+            out = [(n, v) for n, v in out if n.lower() != low]
+            seen.add(low)
+        out.append((name, value))
+    return out
+
+
+def final_response(
+    decision: Decision, policy: Policy, origin: EdgeResponse, now: float
+) -> tuple[int, list[tuple[str, str]], bytes | None]:
+    """(status, headers, body) the client gets: the edge's answer or the simulated origin response."""
+    outcome = decision.outcome
+    if isinstance(outcome, Answer):
+        base = EdgeResponse(outcome.status, HeaderView(outcome.headers), len(outcome.body))
+        body: bytes | None = outcome.body
+    else:
+        base, body = origin, None
+    to_set, to_remove = response_headers(decision, policy, base, now=now)
+    removed = {n.lower() for n in to_remove}
+    pairs = [(n, v) for n, v in base.headers.pairs if n.lower() not in removed]
+    return base.status, _apply_set(pairs, to_set), body
+
+
+@dataclass(slots=True)
+class Observation:
+    """What the edge did with one request, as the fields `expect` may name."""
+
+    fields: dict[str, Any]
+    request_headers: list[tuple[str, str]] | None  # None when the edge answered itself
+    response_headers: list[tuple[str, str]]
+    trace: list[TraceEntry]
+
+
+def observe(
+    request: EdgeRequest, decision: Decision, policy: Policy, origin: EdgeResponse, now: float
+) -> Observation:
+    ctx = decision.context
+    status, resp_headers, body = final_response(decision, policy, origin, now)
+    answered = isinstance(decision.outcome, Answer)
+    parsed_body: Any = None
+    if body is not None:
+        try:
+            parsed_body = json.loads(body) if body else ""
+        except ValueError:
+            parsed_body = body.decode("utf-8", "replace")
+    identity = ctx.identity
+    fields: dict[str, Any] = {
+        "status": status,
+        "outcome": "answer" if answered else "forward",
+        "answer": decision.outcome.kind if isinstance(decision.outcome, Answer) else None,
+        "error": ctx.error,
+        "body": parsed_body,
+        "region": ctx.region,
+        "priority": ctx.routing_priority,
+        "degraded": ctx.degraded,
+        "country": ctx.country,
+        "class": ctx.request_class,
+        "request_priority": ctx.priority,
+        "cache": ctx.cache_status or "none",
+        "auth": ctx.auth_outcome,
+        "identity": (
+            {"user": identity.user, "role": identity.role, "permissions": list(identity.permissions)}
+            if identity is not None
+            else None
+        ),
+        "rate_limit_remaining": min((r.remaining for r in ctx.rate_limits), default=None),
+    }
+    req_headers = None if answered else forwarded_headers(request, decision)
+    return Observation(fields, req_headers, resp_headers, list(decision.trace))
+
+
+# ------------------------------------------------------------------------------------------- comparing
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    field: str
+    expected: str
+    actual: str
+
+
+def compare(expect: Mapping[str, Any], obs: Observation) -> list[Mismatch]:
+    out: list[Mismatch] = []
+    for key, want in expect.items():
+        if key in ("request_headers", "request_headers_absent"):
+            if obs.request_headers is None:
+                out.append(Mismatch(key, _show(want), f"(not forwarded: answered {obs.fields['status']})"))
+                continue
+            out.extend(_compare_headers(key, want, obs.request_headers))
+        elif key in ("response_headers", "response_headers_absent"):
+            out.extend(_compare_headers(key, want, obs.response_headers))
+        elif key == "auth":
+            got = obs.fields["auth"]
+            ok = got == want or (want == "failed" and got.startswith("failed:"))
+            if not ok:
+                out.append(Mismatch(key, _show(want), _show(got)))
+        elif key in ("body", "identity"):
+            got = obs.fields[key]
+            if not _subset(want, got):
+                out.append(Mismatch(key, _show(want), _show(got)))
+        else:
+            got = obs.fields[key]
+            if got != want:
+                out.append(Mismatch(key, _show(want), _show(got)))
+    return out
+
+
+def _subset(want: Any, got: Any) -> bool:
+    """Mappings match when every expected key matches (extra keys in the actual value are fine)."""
+    if isinstance(want, dict):
+        return isinstance(got, dict) and all(k in got and _subset(v, got[k]) for k, v in want.items())
+    return want == got
+
+
+def _compare_headers(key: str, want: Any, pairs: list[tuple[str, str]]) -> list[Mismatch]:
+    view = HeaderView(pairs)
+    out = []
+    if key.endswith("_absent"):
+        for name in want:
+            if name in view:
+                out.append(Mismatch(f"{key}.{name}", "(absent)", ", ".join(view.get_all(name))))
+        return out
+    for name, value in want.items():
+        values = view.get_all(name)
+        if value is None:
+            if values:
+                out.append(Mismatch(f"{key}.{name}", "(absent)", ", ".join(values)))
+        elif str(value) not in values:
+            out.append(Mismatch(f"{key}.{name}", str(value), ", ".join(values) if values else "(absent)"))
+    return out
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True)
+
+
+# ------------------------------------------------------------------------------------------- running
+
+
+@dataclass(slots=True)
+class CaseResult:
+    case: Case
+    mismatches: list[Mismatch] = field(default_factory=list)
+    error: str | None = None  # the case could not run (bad world, unknown key name, ...)
+    observation: Observation | None = None
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and not self.mismatches
+
+
+@dataclass(slots=True)
+class FileResult:
+    test_file: TestFile
+    policy: Policy
+    results: list[CaseResult]
+    coverage: Coverage
+
+
+class CaseError(Exception):
+    """A case's setup is inconsistent with the policy or itself (reported as a failure of that case)."""
+
+
+def run_file(path: str | os.PathLike[str]) -> FileResult:
+    """Load a test file and its policy, run every case. PolicyError for a broken test file or policy."""
+    tf = load_test_file(path)
+    policy = load_policy_file(tf.policy_path, tf.env, environ=tf.environ, for_serving=False).policy
+    coverage = Coverage.for_policy(policy)
+    results = asyncio.run(_run_cases(tf, policy, coverage))
+    return FileResult(tf, policy, results, coverage)
+
+
+async def _run_cases(tf: TestFile, policy: Policy, coverage: Coverage) -> list[CaseResult]:
+    results = []
+    for case in tf.cases:
+        started = time.perf_counter()
+        result = CaseResult(case)
+        try:
+            obs, decision = await _run_case(tf, policy, case)
+            result.observation = obs
+            result.mismatches = compare(case.data["expect"], obs)
+            coverage.record(policy, decision, obs)
+        except CaseError as exc:
+            result.error = str(exc)
+        result.seconds = time.perf_counter() - started
+        results.append(result)
+    return results
+
+
+async def _run_case(tf: TestFile, policy: Policy, case: Case) -> tuple[Observation, Decision]:
+    req_data = case.data.get("request") or {}
+    world = case.data.get("world") or {}
+    now = tf.time if tf.time is not None else time.time()
+    if "time" in req_data:
+        try:
+            now = _parse_time(req_data["time"], Mark(case.file, case.line, 1))
+        except PolicyError as exc:
+            raise CaseError(str(exc)) from None
+    store = MemoryStore()
+    health = HealthRegistry()
+    state = EngineState(store, health, now=lambda: now)
+    for region in world.get("down") or []:
+        if region not in policy.regions:
+            raise CaseError(f"world.down: unknown region {region!r} (regions: {', '.join(policy.regions)})")
+        health.force(region, False)
+    keys = await _add_api_keys(state, world.get("api_keys") or [], now)
+
+    request = _case_request(tf, policy, req_data, keys, now)
+    if world.get("cached"):
+        await _seed_cache(tf, policy, state, world["cached"], keys, now)
+    for rule_name, used in (world.get("rate_limit_usage") or {}).items():
+        await _use_rate_limit(policy, state, request, keys, rule_name, used, now)
+
+    decision = await decide_request(request, policy, state)
+    resp = case.data.get("response") or {}
+    resp_headers = {"Content-Type": "application/json", **(resp.get("headers") or {})}
+    origin = EdgeResponse(
+        resp.get("status", 200),
+        HeaderView((k, str(v)) for k, v in resp_headers.items()),
+        resp.get("body_size"),
+    )
+    return observe(request, decision, policy, origin, now), decision
+
+
+def signed_duration(text: str) -> float:
+    """A duration that may be negative (`-1h`: already expired an hour ago)."""
+    text = text.strip()
+    if text.startswith("-"):
+        return -parse_duration(text[1:])
+    return parse_duration(text)
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    key: str
+    rate_limit: tuple[int, float] | None
+
+
+async def _add_api_keys(state: EngineState, specs: list[dict], now: float) -> dict[str, _Key]:
+    keys: dict[str, _Key] = {}
+    for spec in specs:
+        name = spec["name"]
+        try:
+            limit = parse_rate_limit(spec["rate_limit"]) if "rate_limit" in spec else None
+            expires = now + signed_duration(spec["expires_in"]) if "expires_in" in spec else None
+        except ValueError as exc:
+            raise CaseError(f"world.api_keys {name}: {exc}") from None
+        key, record = await state.keys.add(
+            spec.get("user", name),
+            spec.get("role", "user"),
+            [str(p) for p in spec.get("permissions") or []],
+            rate_limit=limit,
+            expires_at=expires,
+            now=now,
+        )
+        if spec.get("active", True) is False:
+            await state.keys.revoke(record.key_id)
+        keys[name] = _Key(key, limit)
+    return keys
+
+
+def _authorization(policy: Policy, auth: Mapping[str, Any], keys: Mapping[str, _Key], now: float) -> str:
+    if "bearer" in auth:
+        return f"Bearer {auth['bearer']}"
+    if "api_key" in auth:
+        name = auth["api_key"]
+        if name not in keys:
+            raise CaseError(f"auth.api_key: no key named {name!r} in world.api_keys")
+        scheme = policy.auth.api_key_scheme if policy.auth else "API-Key"
+        return f"{scheme} {keys[name].key}"
+    claims = {"role": "user", "permissions": [], **auth["jwt"]}
+    try:
+        lifetime = signed_duration(auth.get("expires_in", "10m"))
+    except ValueError as exc:
+        raise CaseError(f"auth.expires_in: {exc}") from None
+    claims.setdefault("exp", int(now + lifetime))
+    claims.setdefault("iat", int(now))
+    algorithm = auth.get("algorithm", "HS256")
+    secret: str | bytes | None
+    if "secret" in auth:
+        secret = auth["secret"]
+    else:
+        config = policy.auth.jwt if policy.auth else None
+        secret = config.secret if config is not None else None
+        if secret is None and algorithm != "none":
+            raise CaseError("auth.jwt: the policy has no JWT secret (set it in the test file's environ)")
+    token = jwt.encode(claims, None if algorithm == "none" else secret, algorithm=algorithm)
+    return f"Bearer {token}"
+
+
+def _case_request(
+    tf: TestFile, policy: Policy, data: Mapping[str, Any], keys: Mapping[str, _Key], now: float
+) -> EdgeRequest:
+    headers = [(str(k), str(v)) for k, v in (data.get("headers") or {}).items()]
+    if "auth" in data:
+        headers.append(("Authorization", _authorization(policy, data["auth"], keys, now)))
+    return build_request(
+        policy,
+        data.get("method", "GET"),
+        data["url"],
+        headers,
+        country=data.get("country"),
+        client_ip=data.get("client_ip"),
+        body_size=data.get("body_size"),
+        host=tf.host,
+        now=now,
+        websocket=data.get("websocket", False),
+    )
+
+
+async def _seed_cache(
+    tf: TestFile,
+    policy: Policy,
+    state: EngineState,
+    entries: list[dict],
+    keys: Mapping[str, _Key],
+    now: float,
+) -> None:
+    """Store each entry under the key the engine computes for a GET of its URL (with its credentials)."""
+    # A side state on the same store: its own limiter, so seeding never spends the case's rate limits.
+    seeder = EngineState(state.store, state.health, now=state.now)
+    seeder.limiter = RateLimiter(MemoryStore(), now=state.now)
+    for entry in entries:
+        data: dict[str, Any] = {"url": entry["url"]}
+        if "auth" in entry:
+            data["auth"] = entry["auth"]
+        request = _case_request(tf, policy, data, keys, now)
+        decision = await decide_request(request, policy, seeder)
+        ctx = decision.context
+        if ctx.cache_rule is None or ctx.cache_key is None:
+            raise CaseError(
+                f"world.cached {entry['url']}: no cache rule applies to this URL ({_why(decision)})"
+            )
+        body = entry.get("body", {})
+        raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", **(entry.get("headers") or {})}
+        stored = await state.cache.store(
+            ctx.cache_rule,
+            ctx.cache_key,
+            ctx.path or request.path,
+            "GET",
+            request.headers.pairs,
+            entry.get("status", 200),
+            [(k, str(v)) for k, v in headers.items()],
+            raw,
+            now,
+            now,
+        )
+        if not stored:
+            raise CaseError(f"world.cached {entry['url']}: the cache rule refused to store this response")
+
+
+def _why(decision: Decision) -> str:
+    last = decision.trace[-1] if decision.trace else None
+    return f"{last.phase} {last.rule} {last.outcome}" if last else "no rule matched"
+
+
+async def _use_rate_limit(
+    policy: Policy,
+    state: EngineState,
+    request: EdgeRequest,
+    keys: Mapping[str, _Key],
+    rule_name: str,
+    used: int,
+    now: float,
+) -> None:
+    """Spend `used` requests of this request's subject under the named rule, in the current window."""
+    found = [(rule, override) for _m, rule, override in policy.rate_limits if rule.name == rule_name]
+    if not found:
+        names = ", ".join(r.name for _m, r, _o in policy.rate_limits) or "none"
+        raise CaseError(f"world.rate_limit_usage: no rate limit named {rule_name!r} (policy has: {names})")
+    rule, override = found[0]
+    window = rule.window
+    if rule.key == "client_ip":
+        subject = request.client_ip
+    else:
+        subject, own = _principal(request, keys)
+        if subject is None:
+            raise CaseError(f"world.rate_limit_usage {rule_name}: the request has no credentials to count")
+        if rule.key == "api_key" and override and own is not None:
+            window = own[1]
+    counter = state.limiter.counter_key(rule.name, subject, window, now)
+    await state.store.incr(counter, used, ttl=window + 1)
+
+
+def _principal(request: EdgeRequest, keys: Mapping[str, _Key]) -> tuple[str | None, tuple[int, float] | None]:
+    value = request.headers.get("authorization") or ""
+    scheme, _, credential = value.partition(" ")
+    for key in keys.values():
+        if key.key == credential.strip():
+            return "key:" + hash_key(key.key), key.rate_limit
+    if scheme.lower() == "bearer":
+        try:
+            claims = jwt.decode(credential.strip(), options={"verify_signature": False})
+        except jwt.PyJWTError:
+            return None, None
+        return f"jwt:{claims.get('sub')}", None
+    return None, None
+
+
+# ------------------------------------------------------------------------------------------- coverage
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRef:
+    kind: str
+    name: str
+    source: str
+
+
+_COVERAGE_PROBE = ("X-Edgerules-Coverage-Probe", "1")
+
+
+@dataclass(slots=True)
+class Coverage:
+    """Which rules of a policy the cases exercised, by the `source` (file:line) each rule carries."""
+
+    rules: list[RuleRef]
+    seen_sources: set[str] = field(default_factory=set)
+    seen_refs: set[RuleRef] = field(default_factory=set)
+
+    @classmethod
+    def for_policy(cls, policy: Policy) -> Coverage:
+        refs: list[RuleRef] = []
+        for rc in policy.classify.classes:
+            refs.append(RuleRef("class", rc.name, rc.source))
+        for pr in policy.classify.priorities:
+            refs.append(RuleRef("priority", pr.priority, pr.source))
+        if policy.validation.allow_paths is not None:
+            for p in policy.validation.allow_paths.patterns:
+                refs.append(RuleRef("allow_paths", f"{p.kind} {p.value}", p.source))
+        if policy.auth is not None:
+            if policy.auth.public is not None:
+                refs.append(RuleRef("auth", "public", policy.auth.public_source))
+            for rule in policy.auth.rules:
+                refs.append(RuleRef("auth", f"rule schemes={list(rule.schemes)}", rule.source))
+        for _m, rule, _o in policy.rate_limits:
+            refs.append(RuleRef("rate_limit", rule.name, rule.source))
+        if policy.cache is not None:
+            if policy.cache.never is not None:
+                refs.append(RuleRef("cache", "never", policy.cache.source))
+            for _m, crule in policy.cache.rules:
+                refs.append(RuleRef("cache", crule.name, crule.source))
+        for hr in policy.headers.request:
+            refs.append(RuleRef("request header", hr.name, hr.source))
+        for hr in policy.headers.response:
+            refs.append(RuleRef("response header", hr.name, hr.source))
+        for cr in policy.cors:
+            refs.append(RuleRef("cors", cr.name, cr.source))
+        marks = _country_marks(policy)
+        for country in policy.routing.countries:
+            refs.append(RuleRef("routing", f"country {country}", marks.get(country, policy.routing.source)))
+        refs.append(RuleRef("routing", "default", marks.get("", policy.routing.source)))
+        return cls([r for r in refs if r.source])
+
+    def record(self, policy: Policy, decision: Decision, obs: Observation) -> None:
+        self.seen_sources.update(e.source for e in decision.trace if e.source)
+        ctx = decision.context
+        if any(e.phase == "routing" for e in decision.trace):
+            name = f"country {ctx.country}" if ctx.country in policy.routing.countries else "default"
+            self.seen_refs.update(r for r in self.rules if r.kind == "routing" and r.name == name)
+        # Response header rules leave no trace: probe each one with a marker header.
+        status = obs.fields["status"]
+        content_type = HeaderView(obs.response_headers).get("content-type") or ""
+        response = EdgeResponse(status, HeaderView([("Content-Type", content_type)] if content_type else []))
+        for rule in policy.headers.response:
+            probe_rule = dataclasses.replace(rule, set=(_COVERAGE_PROBE,), add_if_absent=(), remove=())
+            probe = dataclasses.replace(
+                policy, headers=dataclasses.replace(policy.headers, response=(probe_rule,))
+            )
+            to_set, _ = response_headers(decision, probe, response, now=0.0)
+            if _COVERAGE_PROBE in to_set:
+                self.seen_refs.add(RuleRef("response header", rule.name, rule.source))
+
+    def merge(self, other: Coverage) -> None:
+        self.seen_sources |= other.seen_sources
+        self.seen_refs |= other.seen_refs
+
+    def covered(self, ref: RuleRef) -> bool:
+        if ref.kind in ("routing", "response header"):
+            return ref in self.seen_refs
+        return ref.source in self.seen_sources
+
+    def missing(self) -> list[RuleRef]:
+        return [r for r in self.rules if not self.covered(r)]
+
+
+def _country_marks(policy: Policy) -> dict[str, str]:
+    """file:line of each routing country (and "" for the default route), from the policy's own files."""
+    if not policy.files:
+        return {}
+    try:
+        doc = load_policy(policy.files[0])
+    except PolicyError:
+        return {}
+    out: dict[str, str] = {}
+    for country in policy.routing.countries:
+        mark = doc.key_marks.get(f"/routing/countries/{country}")
+        if mark is not None:
+            out[country] = f"{mark.file}:{mark.line}"
+    mark = doc.key_marks.get("/routing/default")
+    if mark is not None:
+        out[""] = f"{mark.file}:{mark.line}"
+    return out
+
+
+# ------------------------------------------------------------------------------------------- reporting
+
+
+def failure_text(result: CaseResult) -> str:
+    """A failing case: where it is, expected vs actual per field, and the engine's trace with file:line."""
+    case = result.case
+    lines = [f"FAIL {case.file}:{case.line}: {case.name}"]
+    if result.error:
+        lines.append(f"  error: {result.error}")
+    if result.mismatches:
+        width = max(len(m.field) for m in result.mismatches)
+        for m in result.mismatches:
+            lines.append(f"  {m.field:<{width}}  expected: {m.expected}")
+            lines.append(f"  {'':<{width}}  actual:   {m.actual}")
+    if result.observation is not None:
+        lines.append("  trace:")
+        lines.extend("    " + line for line in trace_lines(result.observation.trace))
+    return "\n".join(lines)
+
+
+def trace_lines(trace: Iterable[TraceEntry]) -> list[str]:
+    out = []
+    for e in trace:
+        detail = f": {e.detail}" if e.detail else ""
+        where = f"  ({e.source})" if e.source else ""
+        out.append(f"{e.phase:<11} {e.outcome:<9} {e.rule}{detail}{where}")
+    return out
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def case_id(case: Case) -> str:
+    return _SAFE_NAME.sub("_", case.name).strip("_")
