@@ -43,7 +43,7 @@ class StoreConfig:
     size_limit: int = 256 * 1024**2  # bytes; diskcache evicts past it
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "edgerules:"  # every key is namespaced with it (diskcache and redis)
-    timeout: float = 0.25  # per-operation timeout (seconds) for redis; StoreUnavailable past it
+    timeout: float = 1.0  # per-operation timeout (seconds) for redis; StoreUnavailable past it
 
 
 @dataclass(frozen=True, slots=True)
