@@ -6,6 +6,7 @@ is what the engine uses to strip every variant from every request before adding 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -109,6 +110,11 @@ def is_spoofable_header(name: str, protected_names: Iterable[str] = IDENTITY_HEA
     `X-User-*` name is covered whatever the configured names are. A protected name ending in `*`
     (`X-Auth-*`) protects every name with that prefix.
     """
+    return _is_spoofable(name, tuple(protected_names))
+
+
+@functools.lru_cache(maxsize=4096)  # runs for every header of every request; header names repeat
+def _is_spoofable(name: str, protected_names: tuple[str, ...]) -> bool:
     norm = _normalise_name(name)
     if norm.startswith("x-user-") or norm == "x-user":
         return True
