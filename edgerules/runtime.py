@@ -116,6 +116,9 @@ class EdgeRuntime:
             self.metrics = MetricsRecorder(
                 store, policy.metrics, instance_id=f"{os.getpid()}", regions=list(policy.regions)
             )
+        elif self.metrics is not None:
+            # a reload may switch recording (or the access log) on or off
+            self.metrics.config = policy.metrics
         self._policy = policy  # one reference swap: a request reads it once and keeps that policy
         self.reload_status.loaded_at = time.time()
         self.reload_status.fingerprint = files_fingerprint(policy.files)
@@ -273,8 +276,11 @@ class EdgeRuntime:
         )
 
     def record(self, exchange: Exchange, req: EdgeRequest, status: int) -> None:
-        if self.metrics is None:
+        policy = exchange.policy
+        if self.metrics is None or policy is None:
             return
+        if not policy.metrics.enabled and not policy.metrics.access_log:
+            return  # `metrics.enabled: false`: no per-request work at all
         from edgerules.metrics import RequestRecord
 
         ctx = exchange.decision.context
@@ -298,7 +304,7 @@ class EdgeRuntime:
                 error=error,
             )
             self.metrics.record(record)
-            if exchange.policy is not None and exchange.policy.metrics.access_log:
+            if policy.metrics.access_log:
                 from edgerules.metrics import access_log_line
 
                 access_log.info(access_log_line(record, {"path": ctx.path}))

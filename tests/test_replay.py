@@ -1,0 +1,162 @@
+"""`edgerules replay`: recorded flows (tests/data/sample.flows, made by tests/data/make_flows.py) decided by two
+policies; only the requests whose decision changed are reported."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from edgerules.cli import main as cli_main
+from edgerules.policy import load_policy_file
+from edgerules.replay import read_requests, render_text, replay
+from tests.data.make_flows import REQUESTS
+from tests.support.policies import JWT_SECRET, SEED
+
+FLOWS = Path(__file__).parent / "data" / "sample.flows"
+US_LINE = "    US: [us-east-1, us-west-2, eu-west-1]"
+ENVIRON = {"JWT_SECRET": JWT_SECRET}
+
+
+def edited(tmp_path: Path, old: str, new: str, name: str = "new.yaml") -> Path:
+    text = SEED.read_text()
+    assert text.count(old) == 1, old
+    path = tmp_path / name
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def policy(path: Path):
+    return load_policy_file(path, "local", environ=ENVIRON).policy
+
+
+def run_replay(old: Path, new: Path, **kw):
+    return asyncio.run(replay(read_requests(str(FLOWS)), policy(old), policy(new), **kw))
+
+
+@pytest.fixture
+def jwt_env(monkeypatch):
+    monkeypatch.setenv("JWT_SECRET", JWT_SECRET)
+
+
+def test_sample_flows_hold_the_recorded_requests():
+    requests = list(read_requests(str(FLOWS)))
+    assert [(r.method, r.path, r.headers.get("cf-ipcountry")) for r in requests] == [
+        (method, path, country) for method, path, country, _, _ in REQUESTS
+    ]
+    assert all(r.client_ip == "127.0.0.1" and r.timestamp > 0 for r in requests)
+
+
+def test_identical_policies_report_nothing():
+    report = run_replay(SEED, SEED)
+    assert report.total == len(REQUESTS)
+    assert report.changes == []
+    assert render_text(report).startswith(f"replayed {len(REQUESTS)} requests: 0 changed")
+
+
+def test_moving_a_country_reports_exactly_that_countrys_requests(tmp_path):
+    new = edited(tmp_path, US_LINE, "    US: [eu-west-1, us-east-1, us-west-2]")
+    report = run_replay(SEED, new)
+    # Every US request the edge forwards (the fifth one is refused for lack of credentials, by both policies).
+    us_forwarded = [i for i, (_, path, country, headers, _) in enumerate(REQUESTS, 1) if country == "US"][:4]
+    assert [c.index for c in report.changes] == us_forwarded
+    for change in report.changes:
+        assert change.country == "US"
+        assert change.fields["region"] == ("us-east-1", "eu-west-1")
+        assert change.fields["failover"] == (
+            "us-east-1 > us-west-2 > eu-west-1",
+            "eu-west-1 > us-east-1 > us-west-2",
+        )
+        assert change.headers["x-cf-target-region"] == ("us-east-1", "eu-west-1")
+        assert "routing_priority" not in change.fields  # still the primary, just another region
+        assert any(e.phase == "routing" and "eu-west-1" in e.rule + e.detail for e in change.new_trace)
+
+
+def test_secondary_reorder_is_a_change_even_when_the_primary_is_the_same(tmp_path):
+    new = edited(tmp_path, US_LINE, "    US: [us-east-1, eu-west-1, us-west-2]")
+    report = run_replay(SEED, new)
+    assert {c.country for c in report.changes} == {"US"}
+    assert all(set(c.fields) == {"failover"} for c in report.changes)
+    # With the primary down, the new secondary takes the traffic.
+    down = run_replay(SEED, new, down=["us-east-1"])
+    us = [c for c in down.changes if c.country == "US"]
+    assert us and all(c.fields["region"] == ("us-west-2", "eu-west-1") for c in us)
+    assert all("routing_priority" not in c.fields for c in us)  # the secondary either way
+
+
+def test_auth_change_reports_status_and_auth_outcome(tmp_path):
+    new = edited(
+        tmp_path,
+        "    - path: /health\n  schemes:",
+        "    - path: /health\n    - prefix: /api/v1/analytics\n  schemes:",
+    )
+    report = run_replay(SEED, new)
+    assert [(c.request.path, c.country) for c in report.changes] == [("/api/v1/analytics/daily", "US")]
+    fields = report.changes[0].fields
+    assert fields["outcome"] == ("answer unauthorized", "forward")
+    assert fields["status"] == ("401", "-")
+    assert fields["auth"][1] == "public"
+
+
+def test_cli_fail_on_change_and_json(tmp_path, jwt_env):
+    new = edited(tmp_path, US_LINE, "    US: [us-west-2, us-east-1, eu-west-1]")
+    out = io.StringIO()
+    argv = ["replay", str(FLOWS), "--old", str(SEED), "--new", str(new), "--env", "local"]
+    assert cli_main([*argv, "--format", "json", "--fail-on-change"], out=out) == 1
+    payload = json.loads(out.getvalue())
+    assert payload["requests"] == len(REQUESTS)
+    assert payload["changed"] == 4
+    assert payload["by_field"]["region"] == 4
+    assert {c["country"] for c in payload["changes"]} == {"US"}
+    assert payload["changes"][0]["changes"]["region"] == {"old": "us-east-1", "new": "us-west-2"}
+
+    out = io.StringIO()
+    assert cli_main(argv, out=out) == 0  # changes alone do not fail without --fail-on-change
+    text = out.getvalue()
+    assert "4 changed, 16 unchanged" in text
+    assert "region us-east-1 -> us-west-2" in text
+
+    out = io.StringIO()
+    same = [
+        "replay",
+        str(FLOWS),
+        "--old",
+        str(SEED),
+        "--new",
+        str(SEED),
+        "--env",
+        "local",
+        "--fail-on-change",
+    ]
+    assert cli_main(same, out=out) == 0
+    assert "0 changed" in out.getvalue()
+
+
+def test_cli_rejects_a_file_that_is_not_a_flow_dump(tmp_path, capsys):
+    bogus = tmp_path / "bogus.flows"
+    bogus.write_text("GET / HTTP/1.1\r\n\r\n")
+    argv = ["replay", str(bogus), "--old", str(SEED), "--new", str(SEED), "--env", "local"]
+    assert cli_main(argv) == 2
+    assert "not a mitmproxy flow file" in capsys.readouterr().err
+    assert cli_main(["replay", str(tmp_path / "missing.flows"), *argv[2:]]) == 2
+
+
+def test_cli_reports_a_broken_new_policy_with_file_and_line(tmp_path, capsys):
+    new = edited(tmp_path, US_LINE, "    US: eu-west-1")
+    argv = ["replay", str(FLOWS), "--old", str(SEED), "--new", str(new), "--env", "local"]
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err
+    line = SEED.read_text().splitlines().index(US_LINE) + 1
+    assert f"{new}:{line}:" in err
+
+
+@pytest.mark.e2e
+def test_make_flows_records_a_real_mitmdump_dump(tmp_path):
+    from tests.data.make_flows import record
+
+    out = record(tmp_path / "fresh.flows")
+    requests = list(read_requests(str(out)))
+    assert [(r.method, r.path) for r in requests] == [(m, p) for m, p, _, _, _ in REQUESTS]
