@@ -57,11 +57,13 @@ def test_websocket_upgrade_is_authenticated_and_routed(edge):
     proxy, _ = edge
 
     async def talk(headers):
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"{proxy.url}/voice/ws", headers=headers) as ws:
-                await ws.send_str("hello")
-                message = await ws.receive(timeout=10)
-                return message.data
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"{proxy.url}/voice/ws", headers=headers) as ws,
+        ):
+            await ws.send_str("hello")
+            message = await ws.receive(timeout=10)
+            return message.data
 
     assert asyncio.run(talk({"CF-IPCountry": "JP", **auth()})) == "us-west-2: hello"
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
