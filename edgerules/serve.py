@@ -1,0 +1,121 @@
+"""`edgerules serve`: mitmproxy's own `Master` with only the addons a reverse-proxy edge needs.
+
+`mitmdump -s addon.py` loads ~35 addons (flow dumper, playback, blocklists, map local/remote, ...); every
+hook of every flow is dispatched to each of them, and the dumper formats a line per flow. Here the master
+carries the proxy server, protocol detection, TLS, option checking, terminal logging and startup error checks,
+plus `EdgeRules` itself. The behaviour seen by clients is the same as mitmdump's (same proxy core, same
+`connection_strategy=lazy`), and the log keeps mitmdump's `... listening at HOST:PORT.` line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from mitmproxy import exceptions, master, options
+from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig, update_alt_svc
+
+from edgerules.addon import EdgeRules
+from edgerules.model import Policy
+from edgerules.policy import load_policy_file
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    policy_path: str
+    env: str | None = None
+    listen: str = DEFAULT_LISTEN
+    mode: str | None = None  # None: reverse to the policy's first region
+    settings: Sequence[str] = field(default_factory=tuple)  # mitmproxy "option=value" strings
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[v6]:PORT` or `:PORT` (all interfaces); port 0 picks a free port."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen expects HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def default_mode(policy: Policy) -> str:
+    """Reverse mode to the first region's upstream. The addon calls origins itself for buffered requests and
+    rewrites the destination of streams, so this target is only mitmproxy's fallback."""
+    region = next(iter(policy.regions.values()))
+    return f"reverse:{region.scheme}://{region.host}:{region.port}"
+
+
+class EdgeMaster(master.Master):
+    """A mitmproxy master with the proxy core and edgerules, nothing else."""
+
+    def __init__(self, opts: options.Options, edge: EdgeRules | None = None) -> None:
+        super().__init__(opts, with_termlog=True)
+        self.edge = edge or EdgeRules()
+        self.addons.add(
+            core.Core(),
+            disable_h2c.DisableH2C(),
+            proxyserver.Proxyserver(),
+            next_layer.NextLayer(),
+            tlsconfig.TlsConfig(),
+            update_alt_svc.UpdateAltSvc(),
+            errorcheck.ErrorCheck(),
+            self.edge,
+        )
+
+
+def configure_options(opts: options.Options, config: ServeConfig, mode: str) -> None:
+    """Proxy defaults, then the user's `--set`s (they may override them), then the policy last: setting it
+    builds the edge runtime, which must see every other option (e.g. `edgerules_reload_interval`)."""
+    host, port = parse_listen(config.listen)
+    opts.update(listen_host=host, listen_port=port, mode=[mode], connection_strategy="lazy")
+    if config.settings:
+        opts.set(*config.settings)
+    opts.update(edgerules_policy=config.policy_path, edgerules_env=config.env or "")
+
+
+def _configure_logging() -> None:
+    """The same levels mitmdump sets (mitmproxy.tools.main.run); termlog prints INFO and above."""
+    logging.getLogger().setLevel(logging.DEBUG)
+    for name, level in (("asyncio", logging.WARNING), ("hpack", logging.WARNING), ("quic", logging.WARNING)):
+        logging.getLogger(name).setLevel(level)
+
+
+async def serve(config: ServeConfig, *, mode: str) -> int:
+    """Run until SIGTERM/SIGINT; 0 on a clean shutdown, 1 if the options are invalid."""
+    _configure_logging()
+    opts = options.Options()
+    edge_master = EdgeMaster(opts)
+    try:
+        configure_options(opts, config, mode)
+    except (exceptions.OptionsError, KeyError, NotImplementedError) as exc:  # NotImplemented: type
+        print(f"edgerules serve: {exc}", flush=True)
+        return 1
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, edge_master.shutdown)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    await edge_master.run()
+    return 0
+
+
+def run(config: ServeConfig) -> int:
+    """Check the policy (file:line errors raise PolicyError before anything listens), then serve."""
+    policy = load_policy_file(config.policy_path, config.env, environ=os.environ, for_serving=True).policy
+    return asyncio.run(serve(config, mode=config.mode or default_mode(policy)))
+
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "EdgeMaster",
+    "ServeConfig",
+    "configure_options",
+    "default_mode",
+    "parse_listen",
+    "run",
+    "serve",
+]
