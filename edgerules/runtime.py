@@ -287,6 +287,8 @@ class EdgeRuntime:
         error = ctx.error
         if ctx.auth_outcome.startswith("failed:"):
             error = "auth:" + ctx.auth_outcome.removeprefix("failed:")
+        elif ctx.rate_limited_by is not None:
+            error = f"rate_limited:{ctx.rate_limited_by}"  # per-rule rejection counters
         latency_ms = (time.perf_counter() - exchange.started) * 1000
         upstream_ms = exchange.upstream_seconds * 1000 if exchange.upstream_seconds is not None else None
         try:

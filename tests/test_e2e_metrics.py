@@ -294,7 +294,7 @@ def send_mix(url: str, per_region: int) -> Sent:
     sent.add(r, region="us-east-1", cls="api-call", country="US")
     r = http("GET", f"{url}/api/v1/phone-numbers", {"CF-IPCountry": "US", **bearer()})
     assert r.status == 429 and "Retry-After" in r.headers, r.body
-    sent.add(r, region=None, cls="api-call", country="US", error="rate_limited")
+    sent.add(r, region=None, cls="api-call", country="US", error="rate_limited:phone-numbers")
     return sent
 
 
@@ -336,7 +336,7 @@ def test_known_mix_agrees_in_rollups_prometheus_and_report(edge: Edge) -> None:
         series(prom_after, "edgerules_rate_limited_total"),
         series(prom_before, "edgerules_rate_limited_total"),
     )
-    assert sum(limited.values()) == 1
+    assert limited == Counter({frozenset({("rule", "phone-numbers")}): 1})
     healthy = series(prom_after, "edgerules_region_healthy")
     assert healthy == Counter({frozenset({("region", r)}): 1.0 for r in REGIONS})
     count_key = ("edgerules_request_duration_seconds_count", frozenset())
@@ -352,7 +352,7 @@ def test_known_mix_agrees_in_rollups_prometheus_and_report(edge: Edge) -> None:
         {k[len("region:") :]: v for k, v in expected.items() if k.startswith("region:")}
     )
     kinds = delta(Counter(report_after["error_kinds"]), Counter(report_before["error_kinds"]))
-    assert kinds == Counter({"auth.missing": 3, "path_not_allowed": 2, "rate_limited": 1})
+    assert kinds == Counter({"auth.missing": 3, "path_not_allowed": 2, "rate_limited.phone-numbers": 1})
     assert report_after["requests"] == rollup_after.requests
 
 

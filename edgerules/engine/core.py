@@ -358,7 +358,7 @@ async def _rate_limit(run: _Run) -> Decision | None:
             continue
         ctx.rate_limits.append(result)
         if not result.allowed:
-            ctx.error = "rate_limited"
+            ctx.rate_limited_by = rule.name
             return run.fail(
                 "rate_limited",
                 "ratelimit",

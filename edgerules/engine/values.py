@@ -130,6 +130,7 @@ class Context:
     identity: Any = None  # edgerules.auth.jwt.Identity
     auth_outcome: str = "none"  # "public" | "jwt" | "api_key" | "failed:<reason>" | "none"
     rate_limits: list[Any] = field(default_factory=list)  # RateLimitResult, per rule applied
+    rate_limited_by: str | None = None  # name of the rule that refused the request
     region: str | None = None
     routing_priority: str | None = None
     degraded: bool = False
