@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from edgerules.auth.identity import IdentityHeaderNames
 from edgerules.auth.jwt import JwtConfig
 from edgerules.httpcache import CacheRule
 from edgerules.metrics import MetricsConfig
@@ -165,14 +166,6 @@ class AuthRule:
     match: Match
     schemes: tuple[str, ...]
     source: str
-
-
-@dataclass(frozen=True, slots=True)
-class IdentityHeaderNames:
-    user: str = "X-User-ID"
-    role: str = "X-User-Role"
-    permissions: str = "X-User-Permissions"
-    authenticated_at: str = "X-Authenticated-At"
 
 
 @dataclass(frozen=True, slots=True)
