@@ -13,6 +13,8 @@ kept in a small per-tag index entry. Internal entries use tuple keys, so they ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -21,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import diskcache
+from diskcache.core import DBNAME
 
 from .base import StoreHealth, StoreUnavailable, writable_key
 
@@ -29,12 +32,21 @@ SQLITE_BUSY_TIMEOUT = 2.0
 _DISK_ERRORS = (sqlite3.Error, OSError, diskcache.Timeout)
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(os.path.join(path, DBNAME))
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 class DiskStore:
     def __init__(self, path: str, size_limit: int, prefix: str, workers: int = 4) -> None:
         self._path = path
         self._size_limit = size_limit
         self._prefix = prefix
         self._cache: diskcache.Cache | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the database file we opened
         self._open_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="edgerules-disk")
         self._closed = False
@@ -43,10 +55,18 @@ class DiskStore:
 
     def _open(self) -> diskcache.Cache:
         with self._open_lock:
+            if self._cache is not None and _identity(self._path) != self._identity:
+                # The directory was removed or replaced under us: the open SQLite connections would keep
+                # writing into deleted files, unseen by other processes (and health() would still say ok).
+                # Drop them (closed when collected) and open the path again, which fails while it is unusable.
+                stale, self._cache = self._cache, None
+                with contextlib.suppress(*_DISK_ERRORS):
+                    stale.close()
             if self._cache is None:
                 self._cache = diskcache.Cache(
                     self._path, timeout=SQLITE_BUSY_TIMEOUT, size_limit=self._size_limit, tag_index=True
                 )
+                self._identity = _identity(self._path)
             return self._cache
 
     async def _run[T](self, fn: Callable[[diskcache.Cache], T]) -> T:

@@ -1,0 +1,1 @@
+"""Fault and load tests (`make test-resilience`); see docs/resilience.md."""
