@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.net.http import status_codes
 
 from edgerules.admin import handle_admin
 from edgerules.diagnostics import PolicyError
@@ -23,16 +25,65 @@ META = "edgerules"
 
 
 def _response(status: int, headers, body: bytes) -> http.Response:
-    """A response carrying `body` byte for byte: an origin's gzip body must not be encoded a second time."""
-    response = http.Response.make(
-        status, b"", [(k.encode(), v.encode("latin-1", "replace")) for k, v in headers]
-    )
-    response.raw_content = body
-    if status in (204, 304) or 100 <= status < 200:
-        response.headers.pop("content-length", None)
-    else:
-        response.headers["content-length"] = str(len(body))
-    return response
+    """A response carrying `body` byte for byte: an origin's gzip body must not be encoded a second time.
+
+    Built directly rather than with `Response.make` (which encodes an empty body with the response's
+    Content-Encoding and rewrites the header list twice): this runs for every response. Content-Length is
+    the body's length, in place of the first one given (later ones dropped), or appended; none for 1xx,
+    204 and 304.
+    """
+    length = None if status in (204, 304) or 100 <= status < 200 else str(len(body)).encode()
+    fields = []
+    length_done = False
+    for name, value in headers:
+        key = name.encode()
+        if key.lower() == b"content-length":
+            if length is not None and not length_done:
+                fields.append((key, length))
+                length_done = True
+            continue
+        fields.append((key, value.encode("latin-1", "replace")))
+    if length is not None and not length_done:
+        fields.append((b"content-length", length))
+    now = time.time()
+    reason = status_codes.RESPONSES.get(status, "").encode()
+    return http.Response(b"HTTP/1.1", status, reason, http.Headers(fields), body, None, now, now)
+
+
+def _bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")  # as mitmproxy's Headers encode str names and values
+
+
+def merged_fields(
+    fields: tuple[tuple[bytes, bytes], ...],
+    to_set: list[tuple[str, str]],
+    to_remove: list[str],
+) -> tuple[tuple[bytes, bytes], ...]:
+    """Header fields after `headers.pop(name)` for each of `to_remove`, then `headers[name] = value` for each
+    of `to_set`, in one pass (each of those calls rescans every field). Same result: a set name replaces
+    the first remaining field of that name in place (its spelling kept) and drops the others, or is
+    appended in the order first set; the last value set wins."""
+    dropped = {_bytes(name).lower() for name in to_remove}
+    values: dict[bytes, tuple[bytes, bytes]] = {}
+    for name, value in to_set:
+        key = _bytes(name)
+        low = key.lower()
+        previous = values.get(low)
+        values[low] = (previous[0] if previous else key, _bytes(value))
+    out = []
+    placed = set()
+    for key, value in fields:
+        low = key.lower()
+        if low in dropped:
+            continue
+        new = values.get(low)
+        if new is None:
+            out.append((key, value))
+        elif low not in placed:
+            placed.add(low)
+            out.append((key, new[1]))
+    out.extend(field for low, field in values.items() if low not in placed)
+    return tuple(out)
 
 
 def _edge_request(flow: http.HTTPFlow) -> EdgeRequest:
@@ -200,10 +251,7 @@ class EdgeRules:
         to_set, to_remove = self.runtime.finish(
             exchange, response.status_code, response.headers.items(multi=True)
         )
-        for name in to_remove:
-            response.headers.pop(name, None)
-        for name, value in to_set:
-            response.headers[name] = value
+        response.headers.fields = merged_fields(response.headers.fields, to_set, to_remove)
         flow.metadata["edgerules_headers_done"] = True
 
     def _finish(self, flow: http.HTTPFlow) -> None:
@@ -224,7 +272,13 @@ class EdgeRules:
     def error(self, flow: http.HTTPFlow) -> None:
         exchange = flow.metadata.get(META)
         runtime = self.runtime
-        if runtime is not None and isinstance(exchange, Exchange):
+        if runtime is None or not isinstance(exchange, Exchange):
+            return
+        outcome = exchange.decision.outcome
+        # Only streams and WebSockets reach the origin through mitmproxy. For any other flow the addon calls the
+        # origin itself, so an error here is the client's (a malformed or aborted request): counting it would
+        # let any client eject a healthy region with three bad requests.
+        if isinstance(outcome, Forward) and outcome.stream:
             runtime.native_failure(exchange, str(flow.error) if flow.error else "error")
 
     def _fail(self, flow: http.HTTPFlow) -> None:

@@ -206,3 +206,35 @@ class ResponseCache:
         assert key is not None
         removed = int(await self._store.delete(key))
         return removed + await self._store.purge_prefix(f"{key}:v:")
+
+
+class RevalidationGate:
+    """Single flight for background revalidations in one process: at most one per entry key in flight, and
+    none for a lookup made before the last one finished (that lookup saw the entry it already replaced).
+
+    ``looked_up_at`` and the gate's clock are the same monotonic clock (``time.perf_counter`` by default).
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.perf_counter, remember: int = 4096) -> None:
+        self._clock = clock
+        self._remember = remember
+        self._in_flight: set[str] = set()
+        self._finished: dict[str, float] = {}  # key -> when its last revalidation finished (oldest first)
+
+    def claim(self, key: str, looked_up_at: float) -> bool:
+        """True when the caller should revalidate ``key`` now (and must :meth:`release` it afterwards)."""
+        if key in self._in_flight or self._finished.get(key, float("-inf")) >= looked_up_at:
+            return False
+        self._in_flight.add(key)
+        return True
+
+    def release(self, key: str) -> None:
+        self._in_flight.discard(key)
+        self._finished.pop(key, None)
+        self._finished[key] = self._clock()
+        while len(self._finished) > self._remember:
+            del self._finished[next(iter(self._finished))]
+
+    @property
+    def in_flight(self) -> frozenset[str]:
+        return frozenset(self._in_flight)

@@ -45,6 +45,7 @@ DEFAULT_ERRORS: dict[str, tuple[int, str, int | None]] = {
     "unsupported_media_type": (415, "Unsupported media type", None),
     "payload_too_large": (413, "Request too large", None),
     "uri_too_long": (414, "URI too long", None),
+    "headers_too_large": (431, "Request header fields too large", None),
     "unauthorized": (401, "Authentication required", None),
     "forbidden": (403, "Forbidden", None),
     "rate_limited": (429, "Rate limit exceeded", None),
@@ -457,6 +458,7 @@ def _validation(ctx: _Ctx, raw: Mapping[str, Any]) -> model.Validation:
         },
         max_body_size=_size(raw.get("max_body_size")),
         max_url_length=_size(raw.get("max_url_length"), d.max_url_length) or d.max_url_length,
+        max_header_size=_size(raw.get("max_header_size"), d.max_header_size) or d.max_header_size,
         source=ctx.source("/validation"),
     )
 

@@ -8,6 +8,22 @@ from typing import Any
 
 from edgerules.engine.values import EdgeRequest, HeaderView
 
+_HOSTS: dict[str, str] = {}  # Host header -> host name (clients send the same few Host values)
+
+
+def _pretty_host(request: Any) -> str:
+    """`request.pretty_host`, which parses the Host header (IDNA and all) on every call: memoised per value."""
+    authority = request.host_header
+    if not authority:
+        return request.host
+    host = _HOSTS.get(authority)
+    if host is None:
+        host = request.pretty_host
+        if len(_HOSTS) >= 1024:
+            _HOSTS.clear()
+        _HOSTS[authority] = host
+    return host
+
 
 def edge_request(flow: Any, *, timestamp: float | None = None) -> EdgeRequest:
     """`flow` is a `mitmproxy.http.HTTPFlow`; `timestamp` defaults to now (the addon) - replay passes the
@@ -25,7 +41,7 @@ def edge_request(flow: Any, *, timestamp: float | None = None) -> EdgeRequest:
         path=path,
         query=query,
         scheme="https" if flow.client_conn.tls_established else "http",
-        host=request.pretty_host,
+        host=_pretty_host(request),
         port=request.port,
         headers=HeaderView(request.headers.items(multi=True)),
         client_ip=peer[0] if peer else "",

@@ -156,6 +156,7 @@ class Validation:
     content_types: dict[str, tuple[str, ...]] = field(default_factory=dict)  # METHOD -> media-type patterns
     max_body_size: int | None = None
     max_url_length: int = 8192
+    max_header_size: int = 32768  # names + values of all request headers
     source: str = ""
 
 
@@ -245,6 +246,7 @@ ERROR_KINDS = (
     "unsupported_media_type",
     "payload_too_large",
     "uri_too_long",
+    "headers_too_large",
     "unauthorized",
     "forbidden",
     "rate_limited",

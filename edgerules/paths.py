@@ -3,7 +3,8 @@
 The seed matched unanchored regexes against the raw path, so `/api/v1/agents/../../admin` or `/health%0a` could
 pass its allowlist (DESIGN.md flaw 7). Here every path is normalised once, before any rule sees it, and anything
 ambiguous is refused instead of guessed: encoded slashes and backslashes, control characters (raw or
-percent-encoded), invalid percent-encoding and dot segments that climb above the root.
+percent-encoded), invalid percent-encoding, dot segments that climb above the root and dot segments
+with `;` parameters (`..;`, which servlet containers read as `..`).
 
 Matching cost does not grow with the number of rules: exact paths are one dict lookup, prefixes walk a segment
 trie (cost bounded by the path's depth), and regexes run as one RE2 set (linear time, no backtracking).
@@ -43,6 +44,9 @@ def normalise_path(raw: str) -> str:
     segments = raw.split("/")
     out: list[str] = []
     for seg in segments[1:]:
+        if ";" in seg and seg.partition(";")[0] in (".", ".."):
+            # Servlet containers read `..;` as `..`: a dot segment with parameters is ambiguous, refuse it.
+            raise PathError("dot segment with ';' parameters in path")
         if seg == "" or seg == ".":
             continue
         if seg == "..":

@@ -11,8 +11,9 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from edgerules.cache import RevalidationGate
 from edgerules.diagnostics import PolicyError
 from edgerules.engine.core import body_too_large, decide_request, response_headers
 from edgerules.engine.errors import error_answer
@@ -92,6 +93,7 @@ class EdgeRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task] = set()
         self._reload_lock = asyncio.Lock()
+        self._revalidations = RevalidationGate()
 
     # ------------------------------------------------------------------------------------------ policy lifecycle
 
@@ -211,6 +213,8 @@ class EdgeRuntime:
     ) -> FinalResponse:
         """Send to the first target; fail over on connect errors (any method: nothing was sent) and on broken
         exchanges for idempotent methods; 504 on timeout; 503 when every target failed."""
+        # read once per target and again by the cache: mitmproxy's items() is a generator
+        original_headers = list(original_headers)
         decision = exchange.decision
         forward = decision.outcome
         assert isinstance(forward, Forward)
@@ -245,7 +249,18 @@ class EdgeRuntime:
                 self.health.record_failure(target.region, f"HTTP {response.status}", passive)
             else:
                 self.health.record_success(target.region)
+            if response.status == 304 and self._made_conditional(exchange):
+                final = await self._revalidated(
+                    exchange, response.headers, response.elapsed, original_headers
+                )
+                if final is None:  # the 304 does not select the stored entry: fetch without conditions
+                    return await self.forward(exchange, method, original_headers, body)
+                return final
+            if response.status >= 500 and (stale := self._stale_if_error(exchange, original_headers)):
+                return stale
             return FinalResponse(response.status, response.reason, response.headers, response.body)
+        if stale := self._stale_if_error(exchange, original_headers):
+            return stale
         kind = (
             "upstream_timeout"
             if last_error is not None and last_error.kind == "timeout"
@@ -270,7 +285,8 @@ class EdgeRuntime:
         if exchange.policy is None:
             return [], []
         # The cache decides on what the origin said, not on the policy's response rules applied after this.
-        exchange.extra["origin_headers"] = list(headers)
+        # `headers` may be a generator (mitmproxy's items()): read it once, for both.
+        exchange.extra["origin_headers"] = headers = list(headers)
         return response_headers(
             exchange.decision, exchange.policy, EdgeResponse(status, HeaderView(headers)), now=now
         )
@@ -329,10 +345,15 @@ class EdgeRuntime:
         headers: Sequence[tuple[str, str]],
         body: bytes | None,
     ) -> None:
-        """Cache stores and invalidations run as background tasks: the client never waits for the store."""
-        if self.state is None or not isinstance(exchange.decision.outcome, Forward):
+        """Cache stores, invalidations and stale-while-revalidate refreshes run as background tasks: the
+        client never waits for them."""
+        if self.state is None:
             return
         ctx = exchange.decision.context
+        if ctx.cache_revalidate is not None:
+            self.revalidate_in_background(exchange, req)
+        if not isinstance(exchange.decision.outcome, Forward):
+            return
         cache = self.state.cache
         if ctx.cache_rule is not None and ctx.cache_key and body is not None:
             now = time.time()
@@ -350,10 +371,143 @@ class EdgeRuntime:
                     now,
                 )
             )
-        from edgerules.httpcache import invalidates
+        from edgerules.httpcache import invalidates, invalidation_targets
 
         if exchange.policy.cache is not None and invalidates(req.method, status):
-            self._background(cache.invalidate_url(req.scheme, req.host, ctx.path or req.path))
+            path = ctx.path or req.path
+            origin_headers = list(exchange.extra.get("origin_headers", headers))  # type: ignore[call-overload]
+            # RFC 9111 4.4: the target URI and same-origin Location / Content-Location targets
+            for target in dict.fromkeys(
+                (path, *invalidation_targets(req.scheme, req.host, path, origin_headers))
+            ):
+                self._background(cache.invalidate_url(req.scheme, req.host, target))
+
+    # ------------------------------------------------------------------------------ cache revalidation (RFC 9111/5861)
+
+    def _made_conditional(self, exchange: Exchange) -> bool:
+        """Did the engine send the stored entry's validators with this request (so a 304 is for the cache)?"""
+        from edgerules.httpcache import revalidation_headers
+
+        lookup = exchange.decision.context.cache_lookup
+        return lookup is not None and lookup.entry is not None and bool(revalidation_headers(lookup.entry))
+
+    async def _revalidated(
+        self,
+        exchange: Exchange,
+        headers_304: Sequence[tuple[str, str]],
+        elapsed: float,
+        client_headers: Sequence[tuple[str, str]],
+    ) -> FinalResponse | None:
+        """The origin's 304 freshens the entry, which answers the client (REVALIDATED); None when the 304 does
+        not select the entry (the lookup is dropped so the caller's refetch goes unconditionally)."""
+        assert self.state is not None
+        ctx = exchange.decision.context
+        lookup, now = ctx.cache_lookup, time.time()
+        merged = await self.state.cache.revalidated(ctx.cache_rule, lookup, headers_304, now - elapsed, now)
+        if merged is None:
+            ctx.cache_lookup = None
+            forward = exchange.decision.outcome
+            assert isinstance(forward, Forward)
+            conditional = {"if-none-match", "if-modified-since"}
+            exchange.decision.outcome = replace(
+                forward,
+                set_headers=tuple((n, v) for n, v in forward.set_headers if n.lower() not in conditional),
+            )
+            self._note(exchange.decision, "cache", ctx.cache_rule.name, "refetch", "304 for another entry")
+            return None
+        return self._answer_from_entry(exchange, merged, client_headers, "REVALIDATED", now)
+
+    def _stale_if_error(
+        self, exchange: Exchange, client_headers: Sequence[tuple[str, str]]
+    ) -> FinalResponse | None:
+        """The origin failed (unreachable, timeout, 5xx): the stale entry within its stale-if-error window."""
+        from edgerules.httpcache import stale_if_error_ok
+
+        ctx = exchange.decision.context
+        lookup, rule, now = ctx.cache_lookup, ctx.cache_rule, time.time()
+        if lookup is None or lookup.entry is None or rule is None:
+            return None
+        if not stale_if_error_ok(rule, lookup.entry, now):
+            return None
+        return self._answer_from_entry(exchange, lookup.entry, client_headers, "STALE", now)
+
+    def _answer_from_entry(
+        self, exchange: Exchange, entry, client_headers: Sequence[tuple[str, str]], status: str, now: float
+    ) -> FinalResponse:
+        from edgerules.engine.core import answer_from_entry
+
+        decision, ctx = exchange.decision, exchange.decision.context
+        answer = answer_from_entry(entry, client_headers, now)
+        decision.outcome = answer  # answered from the cache: nothing to store after the response
+        ctx.cache_status, ctx.error = status, None
+        self._note(decision, "cache", ctx.cache_rule.name, status, f"{answer.status} from the stored entry")
+        return FinalResponse(answer.status, "", list(answer.headers), answer.body)
+
+    def revalidate_in_background(self, exchange: Exchange, req: EdgeRequest) -> bool:
+        """stale-while-revalidate: refresh the entry a STALE answer came from, at most once per entry at a time
+        (and not again for answers looked up before the last refresh finished). True when scheduled."""
+        ctx = exchange.decision.context
+        forward, lookup = ctx.cache_revalidate, ctx.cache_lookup
+        if forward is None or lookup is None or self.state is None:
+            return False
+        if not self._revalidations.claim(lookup.key, exchange.started):
+            return False
+        self._background(self._revalidate(exchange.policy, ctx, req, forward, lookup))
+        return True
+
+    async def _revalidate(self, policy: Policy, ctx, req: EdgeRequest, forward: Forward, lookup) -> None:
+        """One conditional GET through the decision's targets (next region only when nothing was sent)."""
+        assert self.state is not None
+        cache, passive = self.state.cache, policy.passive_health
+        try:
+            for target in forward.targets:
+                headers = request_headers(
+                    req.headers.pairs, forward.set_headers, forward.remove_headers, target
+                )
+                request_time = time.time()
+                try:
+                    response = await self.upstream.send(
+                        "GET",
+                        target,
+                        headers,
+                        b"",
+                        timeout=forward.timeout,
+                        connect_timeout=forward.connect_timeout,
+                    )
+                except UpstreamError as exc:
+                    if exc.kind == "connect":
+                        self.health.record_connect_failure(target.region, exc.detail, passive)
+                        continue
+                    self.health.record_failure(target.region, exc.kind, passive)
+                    log.info("background revalidation of %s failed: %s", ctx.path, exc)
+                    return
+                now = time.time()
+                if response.status in passive.statuses:
+                    self.health.record_failure(target.region, f"HTTP {response.status}", passive)
+                else:
+                    self.health.record_success(target.region)
+                if response.status == 304:
+                    if (
+                        await cache.revalidated(ctx.cache_rule, lookup, response.headers, request_time, now)
+                        is None
+                    ):
+                        log.info("background revalidation of %s: the 304 does not match the entry", ctx.path)
+                    return
+                await cache.store(
+                    ctx.cache_rule,
+                    ctx.cache_key,
+                    ctx.path or req.path,
+                    "GET",
+                    req.headers.pairs,
+                    response.status,
+                    response.headers,
+                    response.body,
+                    request_time,
+                    now,
+                )
+                return
+        finally:
+            self._revalidations.release(lookup.key)
 
     def native_failure(self, exchange: Exchange, detail: str) -> None:
         """A stream or WebSocket mitmproxy forwarded itself failed: count it against the region."""

@@ -8,11 +8,19 @@ from dataclasses import replace
 import pytest
 
 from edgerules import httpcache as hc
-from edgerules.cache import CacheStatus, Lookup, ResponseCache
+from edgerules.cache import CacheStatus, Lookup, ResponseCache, RevalidationGate
+from edgerules.engine.core import decide_request
+from edgerules.engine.state import EngineState
+from edgerules.engine.values import Answer, Forward
+from edgerules.health import HealthRegistry
 from edgerules.httpcache import CacheRule, Freshness
+from edgerules.model import Policy
 from edgerules.stores import StoreConfig, open_store
 from edgerules.stores.base import StoreUnavailable
 from edgerules.stores.memory import MemoryStore
+from edgerules.upstream import request_headers
+from tests.engine_support import request as edge_request
+from tests.engine_support import seed_policy
 from tests.support.redis_server import redis_server  # noqa: F401  (fixture)
 
 T0 = 1_700_000_000.0
@@ -336,3 +344,142 @@ def test_cache_on_real_backends(real_store, clock):
             await store.close()
 
     run(go())
+
+
+# ------------------------------------------------------- engine: conditional forwards, stale answers (RFC 9111/5861)
+
+WINDOWED = {"stale_while_revalidate": 60.0, "stale_if_error": 600.0}
+ETAG_V1 = [*JSON, ("ETag", '"v1"')]
+
+
+def seed_with(*, routing: dict | None = None, **rule_fields) -> Policy:
+    """The seed policy with every cache rule changed (e.g. stale windows) and the routing changed."""
+    policy = seed_policy()
+    rules = tuple((match, replace(rule, **rule_fields)) for match, rule in policy.cache.rules)
+    return replace(
+        policy, cache=replace(policy.cache, rules=rules), routing=replace(policy.routing, **(routing or {}))
+    )
+
+
+def engine_state(clock: Clock) -> EngineState:
+    return EngineState(MemoryStore(now=clock), HealthRegistry(), now=clock)
+
+
+async def stored_through_engine(policy, state, clock, path="/health", resp=ETAG_V1, body=b'{"v":1}') -> None:
+    """A MISS through the engine, then the origin's answer stored under the key the engine computed."""
+    miss = await decide_request(edge_request("GET", path), policy, state)
+    ctx = miss.context
+    assert isinstance(miss.outcome, Forward) and ctx.cache_status == "MISS"
+    assert await state.cache.store(
+        ctx.cache_rule, ctx.cache_key, path, "GET", [], 200, resp, body, clock.t, clock.t
+    )
+
+
+def test_engine_stale_answer_carries_one_conditional_background_revalidation(clock):
+    async def go():
+        policy, state = seed_with(**WINDOWED), engine_state(clock)
+        await stored_through_engine(policy, state, clock)
+        clock.t += 90  # the health rule's ttl is 1m: 30 s into the 60 s stale-while-revalidate window
+        stale = await decide_request(edge_request("GET", "/health"), policy, state)
+        ctx = stale.context
+        assert isinstance(stale.outcome, Answer) and stale.outcome.kind == "cache_hit"
+        assert stale.outcome.body == b'{"v":1}' and ctx.cache_status == "STALE"
+        assert dict(stale.outcome.headers)["Age"] == "90"
+        assert ctx.region is None and ctx.error is None  # answered by the cache, not routed
+        revalidate = ctx.cache_revalidate
+        assert isinstance(revalidate, Forward) and revalidate.targets
+        assert ("If-None-Match", '"v1"') in revalidate.set_headers
+        assert "if-none-match" in revalidate.remove_headers
+        conditional = await decide_request(
+            edge_request("GET", "/health", {"If-None-Match": '"v1"'}), policy, state
+        )
+        assert conditional.outcome.status == 304 and conditional.context.cache_status == "STALE"
+        assert conditional.context.cache_revalidate is not None
+
+    run(go())
+
+
+def test_engine_hit_has_no_revalidation_and_the_right_age(clock):
+    async def go():
+        policy, state = seed_with(**WINDOWED), engine_state(clock)
+        await stored_through_engine(policy, state, clock, resp=[*ETAG_V1, ("Age", "7")])
+        clock.t += 5
+        hit = await decide_request(edge_request("GET", "/health"), policy, state)
+        assert hit.context.cache_status == "HIT" and hit.context.cache_revalidate is None
+        assert [v for n, v in hit.outcome.headers if n == "Age"] == ["12"]  # origin's 7 + 5 s stored
+
+    run(go())
+
+
+def test_engine_expired_entry_is_fetched_with_its_validators(clock):
+    async def go():
+        policy, state = seed_with(**WINDOWED), engine_state(clock)
+        await stored_through_engine(
+            policy, state, clock, resp=[*ETAG_V1, ("Last-Modified", hc.http_date(T0))]
+        )
+        clock.t += 300  # past stale-while-revalidate, inside stale-if-error
+        client = edge_request("GET", "/health", {"If-None-Match": '"mine"', "If-Modified-Since": "x"})
+        expired = await decide_request(client, policy, state)
+        ctx, forward = expired.context, expired.outcome
+        assert isinstance(forward, Forward) and ctx.cache_status == "EXPIRED"
+        assert ctx.cache_lookup.entry.body == b'{"v":1}' and ctx.cache_revalidate is None
+        sent = request_headers(
+            client.headers.pairs, forward.set_headers, forward.remove_headers, forward.targets[0]
+        )
+        assert [v for n, v in sent if n.lower() == "if-none-match"] == ['"v1"']  # ours, not the client's
+        assert [v for n, v in sent if n.lower() == "if-modified-since"] == [hc.http_date(T0)]
+
+    run(go())
+
+
+def test_engine_expired_entry_without_validators_goes_unconditionally(clock):
+    async def go():
+        policy, state = seed_with(**WINDOWED), engine_state(clock)
+        await stored_through_engine(policy, state, clock, resp=JSON)
+        clock.t += 300
+        client = edge_request("GET", "/health", {"If-None-Match": '"mine"'})
+        expired = await decide_request(client, policy, state)
+        forward = expired.outcome
+        assert isinstance(forward, Forward) and expired.context.cache_status == "EXPIRED"
+        sent = request_headers(
+            client.headers.pairs, forward.set_headers, forward.remove_headers, forward.targets[0]
+        )
+        assert [v for n, v in sent if n.lower() == "if-none-match"] == [
+            '"mine"'
+        ]  # the client's own, untouched
+
+    run(go())
+
+
+def test_engine_stale_if_error_when_routing_rejects(clock):
+    async def go():
+        policy, state = seed_with(routing={"when_all_unhealthy": "reject"}, **WINDOWED), engine_state(clock)
+        await stored_through_engine(policy, state, clock)
+        for region in policy.regions:
+            state.health.force(region, False)
+        clock.t += 300  # inside stale-if-error
+        stale = await decide_request(edge_request("GET", "/health"), policy, state)
+        assert stale.outcome.status == 200 and stale.outcome.body == b'{"v":1}'
+        assert stale.context.cache_status == "STALE" and stale.context.error is None
+        clock.t += 400  # past stale-if-error (and so out of the store): the normal refusal
+        down = await decide_request(edge_request("GET", "/health"), policy, state)
+        assert down.outcome.kind == "all_regions_down" and down.context.cache_status == "MISS"
+
+    run(go())
+
+
+def test_revalidation_gate_is_single_flight_per_key():
+    ticks = iter(range(100, 200))
+    gate = RevalidationGate(clock=lambda: float(next(ticks)), remember=2)
+    assert gate.claim("a", looked_up_at=1.0)
+    assert not gate.claim("a", looked_up_at=2.0)  # in flight
+    assert gate.claim("b", looked_up_at=2.0)
+    gate.release("a")  # finished at 100
+    assert not gate.claim(
+        "a", looked_up_at=50.0
+    )  # looked up before the refresh finished: it saw the old entry
+    assert gate.claim("a", looked_up_at=150.0) and gate.in_flight == {"a", "b"}
+    gate.release("a")
+    gate.release("b")
+    gate.release("c")  # remember=2: the oldest finish ("a") is forgotten
+    assert gate.claim("a", looked_up_at=0.0) and gate.in_flight == {"a"}

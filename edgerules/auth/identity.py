@@ -12,8 +12,9 @@ import re
 import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Literal, Protocol
+
+from edgerules.timefmt import utc_iso_millis
 
 AuthMethod = Literal["jwt", "api_key"]
 
@@ -137,7 +138,7 @@ def identity_headers(
 
     `names` has attributes (or keys) user, role, permissions, authenticated_at; `now` is epoch seconds.
     """
-    if isinstance(names, Mapping):
+    if type(names) is dict or isinstance(names, Mapping):  # dict first: an ABC check is slow
         user_h, role_h, perms_h, at_h = (
             names["user"],
             names["role"],
@@ -146,19 +147,34 @@ def identity_headers(
         )
     else:
         user_h, role_h, perms_h, at_h = names.user, names.role, names.permissions, names.authenticated_at
-    if not valid_identity_fields(identity.user, identity.role, identity.permissions):
-        raise AuthFailure("bad_claim", "identity contains a value that is not a safe header value")
-    permissions = json.dumps(list(identity.permissions), separators=(",", ":"), ensure_ascii=True)
-    if len(permissions) > MAX_PERMISSIONS_HEADER:
-        raise AuthFailure("bad_claim", "permissions too large for a header")
-    when = time.time() if now is None else now
-    stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    permissions = _checked_permissions(identity)
+    stamp = utc_iso_millis(time.time() if now is None else now)
     return [
         (user_h, identity.user),
         (role_h, identity.role),
         (perms_h, permissions),
         (at_h, stamp),
     ]
+
+
+_CHECKED: dict[Identity, str] = {}  # identity -> its permissions header; only identities that passed
+
+
+def _checked_permissions(identity: Identity) -> str:
+    """The permissions header value, after the defence-in-depth checks; memoised per identity (the same
+    users come back on every request, and the checks and the JSON encoding cost more than the rest)."""
+    permissions = _CHECKED.get(identity)
+    if permissions is not None:
+        return permissions
+    if not valid_identity_fields(identity.user, identity.role, identity.permissions):
+        raise AuthFailure("bad_claim", "identity contains a value that is not a safe header value")
+    permissions = json.dumps(list(identity.permissions), separators=(",", ":"), ensure_ascii=True)
+    if len(permissions) > MAX_PERMISSIONS_HEADER:
+        raise AuthFailure("bad_claim", "permissions too large for a header")
+    if len(_CHECKED) >= 4096:
+        _CHECKED.clear()
+    _CHECKED[identity] = permissions
+    return permissions
 
 
 # RFC 9110 auth-scheme (token) SP token68. Exactly one space, nothing around, no commas (so no

@@ -76,10 +76,14 @@ def b64url_decode_strict(segment: str) -> bytes:
     return raw
 
 
+class _DuplicateMember(ValueError):
+    pass
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result = dict(pairs)
     if len(result) != len(pairs):
-        raise ValueError("duplicate member")
+        raise _DuplicateMember("duplicate member")
     return result
 
 
@@ -91,6 +95,19 @@ def _parse_header(segment: str) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise AuthFailure("malformed", "header is not a JSON object")
     return header
+
+
+def _no_duplicate_claims(segment: str) -> None:
+    """Refuse a payload that names a claim twice: PyJWT keeps the last value, other parsers the first, so
+    `{"sub": "alice", "sub": "root"}` would mean different users to the edge and to the origin."""
+    try:
+        json.loads(b64url_decode_strict(segment), object_pairs_hook=_no_duplicates)
+    except _DuplicateMember:
+        raise AuthFailure("malformed", "duplicate claim in the payload") from None
+    except ValueError:
+        pass  # not JSON at all: PyJWT says so below
+    except RecursionError:
+        raise AuthFailure("malformed", "payload nested too deeply") from None
 
 
 def _numeric_date(payload: dict[str, Any], claim: str) -> float | None:
@@ -246,6 +263,7 @@ class JwtVerifier:
         for part in parts[1:]:
             b64url_decode_strict(part)  # PyJWT tolerates '=' padding; we do not
         header = _parse_header(parts[0])
+        _no_duplicate_claims(parts[1])
         if "crit" in header:
             raise AuthFailure("unsupported_crit", "critical header extensions are not supported")
         if "b64" in header:

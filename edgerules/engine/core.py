@@ -8,13 +8,16 @@ cache key always carries the authenticated principal.
 
 from __future__ import annotations
 
+import re
+
 from edgerules.auth.apikeys import authenticate_api_key
 from edgerules.auth.identity import identity_headers, is_spoofable_header, parse_authorization
-from edgerules.auth.jwt import AuthFailure
+from edgerules.auth.jwt import AuthFailure, JwtConfig, JwtVerifier
+from edgerules.cache import CacheStatus
 from edgerules.engine import cors
 from edgerules.engine.errors import error_answer
 from edgerules.engine.geo import is_trusted, locate
-from edgerules.engine.match import matches, media_matches, media_type
+from edgerules.engine.match import match_request, matches, media_matches, media_type
 from edgerules.engine.routing import choose_targets, make_target
 from edgerules.engine.state import EngineState
 from edgerules.engine.values import (
@@ -28,27 +31,78 @@ from edgerules.engine.values import (
     TraceEntry,
 )
 from edgerules.httpcache import (
+    CacheEntry,
+    HeaderInput,
     cache_key,
     effective_principal,
     evaluate_conditional,
     not_modified_headers,
     replay_headers,
+    revalidation_headers,
+    stale_if_error_ok,
 )
 from edgerules.model import Policy
 from edgerules.paths import PathError, normalise_path
 from edgerules.stores.base import StoreUnavailable
 
 _SCHEME_NAMES = {"bearer": "Bearer"}
+_MEMO_LIMIT = 4096  # per-plan memo tables (header names are client-chosen: bounded)
+
+
+class _Plan:
+    """What the request phases derive from a policy once instead of on every request (policies are
+    immutable; a reload brings a new policy object and so a new plan)."""
+
+    __slots__ = ("identity_names", "protected", "spoofable", "stream_classes", "verifier")
+
+    def __init__(self, policy: Policy) -> None:
+        auth = policy.auth
+        names = auth.identity_headers if auth else None
+        extra = (names.user, names.role, names.permissions, names.authenticated_at) if names else ()
+        self.protected: tuple[str, ...] = (
+            *(auth.strip_headers if auth else ()),
+            *(n.lower() for n in extra),
+        )
+        self.spoofable: dict[str, bool] = {}  # header name -> is_spoofable_header(name, protected)
+        self.identity_names = (
+            {
+                "user": names.user,
+                "role": names.role,
+                "permissions": names.permissions,
+                "authenticated_at": names.authenticated_at,
+            }
+            if names
+            else None
+        )
+        self.stream_classes = frozenset(rc.name for rc in policy.classify.classes if rc.stream)
+        # (state, state.verifier(policy.auth.jwt)): saves hashing the JWT configuration per request
+        self.verifier: tuple[EngineState, JwtVerifier] | None = None
+
+
+_PLANS: dict[int, tuple[Policy, _Plan]] = {}
+
+
+def _plan(policy: Policy) -> _Plan:
+    """The policy's plan; keyed by identity (the entry keeps the policy alive, so its id cannot be reused)."""
+    entry = _PLANS.get(id(policy))
+    if entry is not None and entry[0] is policy:
+        return entry[1]
+    if len(_PLANS) >= 16:  # old policies after reloads, test policies: drop them all, rebuild on demand
+        _PLANS.clear()
+    plan = _Plan(policy)
+    _PLANS[id(policy)] = (policy, plan)
+    return plan
 
 
 class _Run:
     """One request's pass through the phases (kept as an object so each phase stays a small method)."""
 
-    __slots__ = ("ctx", "policy", "remove", "req", "set_headers", "state", "trace")
+    __slots__ = ("ctx", "plan", "policy", "remove", "req", "set_headers", "state", "trace")
 
     def __init__(self, req: EdgeRequest, policy: Policy, state: EngineState) -> None:
         self.req = req
         self.policy = policy
+        self.plan = _plan(policy)
         self.state = state
         self.ctx = Context()
         self.trace: list[TraceEntry] = []
@@ -78,6 +132,9 @@ async def decide_request(req: EdgeRequest, policy: Policy, state: EngineState) -
         return run.fail(
             "uri_too_long", "validation", f"URL longer than {policy.validation.max_url_length} bytes"
         )
+    refusal = _check_header_syntax(run)
+    if refusal is not None:
+        return refusal
     try:
         ctx.path = path = normalise_path(req.path)
     except PathError as exc:
@@ -134,42 +191,64 @@ async def decide_request(req: EdgeRequest, policy: Policy, state: EngineState) -
 
 
 def _strip_identity_headers(run: _Run) -> None:
-    auth = run.policy.auth
-    protected = auth.strip_headers if auth else ()
-    names = auth.identity_headers if auth else None
-    extra = (names.user, names.role, names.permissions, names.authenticated_at) if names else ()
+    plan = run.plan
+    known = plan.spoofable
     for name in run.req.headers.names():
-        if is_spoofable_header(name, (*protected, *(n.lower() for n in extra))):
+        spoofable = known.get(name)
+        if spoofable is None:
+            if len(known) >= _MEMO_LIMIT:
+                known.clear()
+            spoofable = known[name] = is_spoofable_header(name, plan.protected)
+        if spoofable:
             run.remove.append(name)
             run.note("strip", name, "removed", "client-sent identity header")
+
+
+# RFC 9110 field-name (token); a field value may hold anything but controls other than HTAB (an obs-fold, a bare
+# CR or a NUL an HTTP parser let through must not reach an origin, nor make the upstream client fail).
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FIELD_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _check_header_syntax(run: _Run) -> Decision | None:
+    pairs = run.req.headers.pairs
+    limit = run.policy.validation.max_header_size
+    size = sum(len(name) + len(value) + 4 for name, value in pairs)
+    if size > limit:
+        return run.fail(
+            "headers_too_large",
+            "validation",
+            f"headers are {size} bytes, over {limit}",
+            run.policy.validation.source,
+        )
+    for name, value in pairs:
+        if not _FIELD_NAME.fullmatch(name) or _FIELD_VALUE_BAD.search(value):
+            return run.fail(
+                "invalid_request", "validation", f"malformed header {name[:64]!r}", reason="invalid_header"
+            )
+    return None
 
 
 def _classify(run: _Run) -> None:
     classify = run.policy.classify
     req, ctx = run.req, run.ctx
+    path, method, headers, country = ctx.path, req.method, req.headers, ctx.country
     ctx.request_class = classify.default_class
     for rc in classify.classes:
-        if matches(rc.match, path=ctx.path, method=req.method, headers=req.headers, country=ctx.country):
+        if match_request(rc.match, path, method, headers, None, country):
             ctx.request_class = rc.name
             run.note("classify", f"class {rc.name}", "matched", source=rc.source)
             break
     ctx.priority = classify.default_priority
     for pr in classify.priorities:
-        if matches(
-            pr.match,
-            path=ctx.path,
-            method=req.method,
-            headers=req.headers,
-            request_class=ctx.request_class,
-            country=ctx.country,
-        ):
+        if match_request(pr.match, path, method, headers, ctx.request_class, country):
             ctx.priority = pr.priority
             run.note("classify", f"priority {pr.priority}", "matched", source=pr.source)
             break
 
 
 def is_stream_class(policy: Policy, name: str | None) -> bool:
-    return any(rc.name == name and rc.stream for rc in policy.classify.classes)
+    return name in _plan(policy).stream_classes
 
 
 def _validate(run: _Run) -> Decision | None:
@@ -184,7 +263,10 @@ def _validate(run: _Run) -> Decision | None:
             v.source,
             headers=[("Allow", allow)],
         )
-    content_type = req.headers.get("content-type")
+    content_types = req.headers.get_all("content-type")
+    if len(content_types) > 1:  # a singleton field: the origin might read another one than we checked
+        return run.fail("invalid_request", "validation", "more than one Content-Type", reason="content_type")
+    content_type = content_types[0] if content_types else None
     if req.method in v.require_content_type and not content_type:
         return run.fail("content_type_required", "validation", f"{req.method} needs a Content-Type", v.source)
     allowed_types = v.content_types.get(req.method)
@@ -233,25 +315,12 @@ def _auth_schemes_for(run: _Run) -> tuple[str, ...] | None:
     """Accepted schemes for this request; None means public."""
     auth = run.policy.auth
     ctx, req = run.ctx, run.req
-    if auth.public is not None and matches(
-        auth.public,
-        path=ctx.path,
-        method=req.method,
-        headers=req.headers,
-        request_class=ctx.request_class,
-        country=ctx.country,
-    ):
+    facts = (ctx.path, req.method, req.headers, ctx.request_class, ctx.country)
+    if auth.public is not None and match_request(auth.public, *facts):
         run.note("auth", "public", "matched", source=auth.public_source)
         return None
     for rule in auth.rules:
-        if matches(
-            rule.match,
-            path=ctx.path,
-            method=req.method,
-            headers=req.headers,
-            request_class=ctx.request_class,
-            country=ctx.country,
-        ):
+        if match_request(rule.match, *facts):
             run.note("auth", f"rule schemes={list(rule.schemes)}", "matched", source=rule.source)
             return rule.schemes or None
     return auth.schemes
@@ -266,7 +335,6 @@ async def _authenticate(run: _Run) -> Decision | None:
     if schemes is None:
         ctx.auth_outcome = "public"
         return None
-    challenge = _challenges(run, schemes)
     try:
         scheme, credentials = parse_authorization(req.headers.get_all("authorization"))
         scheme_key = _scheme_key(run, scheme)
@@ -275,7 +343,7 @@ async def _authenticate(run: _Run) -> Decision | None:
         if scheme_key == "bearer":
             if auth.jwt is None:
                 raise AuthFailure("scheme_not_allowed", "no JWT configuration")
-            verifier = run.state.verifier(auth.jwt)
+            verifier = _verifier(run, auth.jwt)
             try:
                 identity = verifier.verify(credentials)
             except AuthFailure as exc:
@@ -286,22 +354,26 @@ async def _authenticate(run: _Run) -> Decision | None:
             identity = await authenticate_api_key(run.state.keys, credentials, run.state.now())
     except AuthFailure as exc:
         ctx.auth_outcome = f"failed:{exc.reason}"
+        challenge = _challenges(run, schemes)
         return run.fail("unauthorized", "auth", exc.reason, auth.source, headers=challenge, reason=exc.reason)
     except StoreUnavailable as exc:
         ctx.auth_outcome = "failed:store_unavailable"
         return run.fail("auth_unavailable", "auth", f"key store unavailable: {exc}", auth.source)
     ctx.identity = identity
     ctx.auth_outcome = identity.method
-    names = auth.identity_headers
-    header_names = {
-        "user": names.user,
-        "role": names.role,
-        "permissions": names.permissions,
-        "authenticated_at": names.authenticated_at,
-    }
-    run.set_headers.extend(identity_headers(identity, header_names, run.state.now()))
+    run.set_headers.extend(identity_headers(identity, run.plan.identity_names, run.state.now()))
     run.note("auth", identity.method, "accepted", f"user {identity.user}", auth.source)
     return None
+
+
+def _verifier(run: _Run, config: JwtConfig) -> JwtVerifier:
+    plan = run.plan
+    cached = plan.verifier
+    if cached is not None and cached[0] is run.state:
+        return cached[1]
+    verifier = run.state.verifier(config)
+    plan.verifier = (run.state, verifier)
+    return verifier
 
 
 def _scheme_key(run: _Run, scheme: str) -> str | None:
@@ -326,13 +398,8 @@ async def _rate_limit(run: _Run) -> Decision | None:
     ctx, req = run.ctx, run.req
     identity = ctx.identity
     for match, rule, per_key_override in run.policy.rate_limits:
-        if match is not None and not matches(
-            match,
-            path=ctx.path,
-            method=req.method,
-            headers=req.headers,
-            request_class=ctx.request_class,
-            country=ctx.country,
+        if match is not None and not match_request(
+            match, ctx.path, req.method, req.headers, ctx.request_class, ctx.country
         ):
             continue
         limit, window = rule.limit, rule.window
@@ -419,12 +486,59 @@ async def _cache_lookup(run: _Run) -> Decision | None:
     ctx.cache_reason = lookup.reason
     entry = lookup.entry
     run.note("cache", rule.name, ctx.cache_status, ctx.cache_reason)
-    if lookup.servable and entry is not None:
-        now = run.state.now()
-        if evaluate_conditional(req.headers.pairs, entry):
-            return run.answer(Answer(304, tuple(not_modified_headers(entry, now)), b"", "not_modified"))
-        return run.answer(Answer(entry.status, tuple(replay_headers(entry, now)), entry.body, "cache_hit"))
-    return None
+    if entry is None:
+        return None
+    ctx.cache_lookup = lookup
+    if lookup.servable:
+        if lookup.status is CacheStatus.STALE:
+            ctx.cache_revalidate = _background_revalidation(run, rule.name, entry)
+        return run.answer(answer_from_entry(entry, req.headers.pairs, run.state.now()))
+    _make_conditional(run, rule.name, entry)  # EXPIRED with validators: the origin may answer 304
+    if not stale_if_error_ok(rule, entry, run.state.now()):
+        return None
+    # The runtime serves the entry if the origin fails; when routing itself refuses (every region down under
+    # `when_all_unhealthy: reject`) there is no origin to fail, so stale-if-error applies here.
+    routed = _route(run)
+    if isinstance(routed.outcome, Answer) and routed.outcome.kind == "all_regions_down":
+        ctx.cache_status, ctx.error = str(CacheStatus.STALE), None
+        run.note("cache", rule.name, ctx.cache_status, "stale-if-error: every region is down")
+        return run.answer(answer_from_entry(entry, req.headers.pairs, run.state.now()))
+    return routed
+
+
+def answer_from_entry(entry: CacheEntry, request_headers: HeaderInput, now: float) -> Answer:
+    """A stored entry as the client gets it: 304 when its own conditional matches, else the replay."""
+    if evaluate_conditional(request_headers, entry):
+        return Answer(304, tuple(not_modified_headers(entry, now)), b"", "not_modified")
+    return Answer(entry.status, tuple(replay_headers(entry, now)), entry.body, "cache_hit")
+
+
+def _make_conditional(run: _Run, rule_name: str, entry: CacheEntry) -> bool:
+    """Send the entry's validators instead of the client's own (RFC 9111 4.3.1); True when it has any."""
+    validators = revalidation_headers(entry)
+    if not validators:
+        return False
+    run.remove.extend(("if-none-match", "if-modified-since"))
+    run.set_headers.extend(validators.items())
+    run.note("cache", rule_name, "conditional", ", ".join(f"{n}: {v}" for n, v in validators.items()))
+    return True
+
+
+def _background_revalidation(run: _Run, rule_name: str, entry: CacheEntry) -> Forward | None:
+    """The request a STALE answer sends to the origin afterwards: normal routing, conditional when it can.
+
+    The routing phase runs for it, but the client was answered by the cache: the context keeps no region and
+    no error from it (None when every region is down: nothing to revalidate against).
+    """
+    ctx = run.ctx
+    saved = (ctx.region, ctx.routing_priority, ctx.degraded, ctx.error)
+    set_headers, remove = list(run.set_headers), list(run.remove)
+    _make_conditional(run, rule_name, entry)
+    run.note("cache", rule_name, "revalidate", "in the background (stale-while-revalidate)")
+    decision = _route(run)
+    ctx.region, ctx.routing_priority, ctx.degraded, ctx.error = saved
+    run.set_headers, run.remove = set_headers, remove
+    return decision.outcome if isinstance(decision.outcome, Forward) else None
 
 
 def _route(run: _Run) -> Decision:
@@ -486,22 +600,16 @@ def _forwarded_headers(run: _Run) -> None:
 
 def _request_header_rules(run: _Run) -> None:
     req, ctx = run.req, run.ctx
-    present = {name for name in req.headers.names()}
+    headers = req.headers
+    facts = (ctx.path, req.method, headers, ctx.request_class, ctx.country)
     for rule in run.policy.headers.request:
-        kw = dict(
-            path=ctx.path,
-            method=req.method,
-            headers=req.headers,
-            request_class=ctx.request_class,
-            country=ctx.country,
-        )
-        if rule.match is not None and not matches(rule.match, **kw):
+        if rule.match is not None and not match_request(rule.match, *facts):
             continue
-        if rule.unless is not None and matches(rule.unless, **kw):
+        if rule.unless is not None and match_request(rule.unless, *facts):
             continue
         run.set_headers.extend(rule.set)
         for name, value in rule.add_if_absent:
-            if name.lower() not in present:
+            if name not in headers:
                 run.set_headers.append((name, value))
         run.remove.extend(rule.remove)
         run.note("headers", rule.name, "applied", source=rule.source)

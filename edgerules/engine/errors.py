@@ -16,6 +16,7 @@ DEFAULT_ERRORS: dict[str, ErrorAnswer] = {
     "unsupported_media_type": ErrorAnswer(415, "Invalid content type"),
     "payload_too_large": ErrorAnswer(413, "Request too large"),
     "uri_too_long": ErrorAnswer(414, "URI too long"),
+    "headers_too_large": ErrorAnswer(431, "Request header fields too large"),
     "unauthorized": ErrorAnswer(401, "Authentication required"),
     "forbidden": ErrorAnswer(403, "Forbidden"),
     "rate_limited": ErrorAnswer(429, "Rate limit exceeded"),

@@ -43,7 +43,20 @@ def matches(
     request_class: str | None = None,
     country: str | None = None,
 ) -> bool:
-    if match.paths is not None and match.paths.match(path) is None:
+    return match_request(match, path, method, headers, request_class, country)
+
+
+def match_request(
+    match: Match,
+    path: str,
+    method: str,
+    headers: HeaderView,
+    request_class: str | None,
+    country: str | None,
+) -> bool:
+    """`matches` with positional arguments: the engine calls it for every rule of every request."""
+    paths = match.paths
+    if paths is not None and paths.match(path) is None:
         return False
     if match.methods is not None and method not in match.methods:
         return False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class HeaderView:
@@ -60,8 +60,9 @@ class EdgeRequest:
         return f"{self.scheme}://{self.host}{self.path}{'?' + self.query if self.query else ''}"
 
 
-@dataclass(frozen=True, slots=True)
-class TraceEntry:
+class TraceEntry(NamedTuple):
+    """One step of a decision. A tuple: every request makes several, so they must be cheap to build."""
+
     phase: str
     rule: str
     outcome: str  # "matched", "skipped", "refused", "set", ...
@@ -140,6 +141,10 @@ class Context:
     cache_key: str | None = None
     cache_status: str | None = None  # HIT/MISS/BYPASS/...
     cache_reason: str = ""
+    # cache.Lookup of a stored entry that was not fresh: what a 304 from the origin freshens and what
+    # stale-if-error serves when the origin fails
+    cache_lookup: Any = None
+    cache_revalidate: Any = None  # Forward: the background revalidation a STALE answer (RFC 5861) schedules
     error: str | None = None
 
 

@@ -1,0 +1,173 @@
+"""The request hot path's shortcuts give the same results as the straightforward code they replace."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mitmproxy import http
+from mitmproxy.test import tflow
+
+from edgerules.addon import _response, merged_fields
+from edgerules.auth.identity import AuthFailure, Identity, identity_headers
+from edgerules.engine import core
+from edgerules.engine.values import TraceEntry
+from edgerules.flowconv import edge_request
+from edgerules.runtime import EdgeRuntime, Exchange
+from edgerules.timefmt import utc_iso_millis
+from tests.engine_support import ENVIRON, SEED_POLICY, bearer, decide, make_state, request, seed_policy
+
+NAMES = ["Content-Type", "content-type", "Vary", "X-A", "x-a", "Cache-Control", "Set-Cookie", "X-Café"]
+
+
+def _sequential(fields, to_set, to_remove):
+    """What `_apply_headers` did before: one mitmproxy call per header."""
+    headers = http.Headers(fields)
+    for name in to_remove:
+        headers.pop(name, None)
+    for name, value in to_set:
+        headers[name] = value
+    return headers.fields
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(["1", "2", "é"])), max_size=6),
+    to_set=st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(["v", "w", "é"])), max_size=5),
+    to_remove=st.lists(st.sampled_from(NAMES), max_size=2),
+)
+def test_merged_fields_equals_pop_then_set_one_by_one(fields, to_set, to_remove):
+    raw = tuple((n.encode(), v.encode()) for n, v in fields)
+    assert merged_fields(raw, to_set, to_remove) == _sequential(raw, to_set, to_remove)
+
+
+def _made(status, headers, body):
+    """What `_response` did before: Response.make, then the raw body and its length."""
+    response = http.Response.make(
+        status, b"", [(k.encode(), v.encode("latin-1", "replace")) for k, v in headers]
+    )
+    response.raw_content = body
+    if status in (204, 304) or 100 <= status < 200:
+        response.headers.pop("content-length", None)
+    else:
+        response.headers["content-length"] = str(len(body))
+    return response
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body"),
+    [
+        (200, [("Content-Type", "application/json")], b"{}"),
+        (200, [("Content-Length", "99"), ("X-A", "1"), ("content-length", "5")], b"abc"),
+        (304, [("ETag", '"x"'), ("Content-Length", "10")], b""),
+        (204, [], b""),
+        (200, [("Content-Encoding", "gzip")], b"\x1f\x8b not really gzip"),
+        (503, [("Retry-After", "5"), ("X-Note", "é")], b"down"),
+        (599, [], b"x"),
+    ],
+)
+def test_response_is_built_like_response_make(status, headers, body):
+    new, old = _response(status, headers, body), _made(status, headers, body)
+    assert new.headers.fields == old.headers.fields
+    assert (new.status_code, new.reason, new.raw_content) == (old.status_code, old.reason, old.raw_content)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        0.0,
+        1e-7,
+        0.9999996,
+        1.0005,
+        1_700_000_000.0,
+        1_700_000_000.4999995,
+        1_799_999_999.999999,
+        253402300799.9,
+    ],
+)
+def test_utc_iso_millis_matches_datetime(when):
+    expected = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert utc_iso_millis(when) == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_utc_iso_millis_matches_datetime_anywhere(when):
+    expected = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert utc_iso_millis(when) == expected
+
+
+def test_identity_headers_are_checked_every_time_an_identity_is_unsafe():
+    bad = Identity("alice\r\nX-Admin: 1", "agent", (), "jwt", "p")
+    for _ in range(2):  # a refused identity is never remembered as checked
+        with pytest.raises(AuthFailure):
+            identity_headers(bad, now=0.0)
+    good = Identity("alice", "agent", ("calls", "agents"), "jwt", "p")
+    assert identity_headers(good, now=0.0) == identity_headers(good, now=0.0)
+    assert identity_headers(good, now=0.0)[2] == ("X-User-Permissions", '["calls","agents"]')
+
+
+def test_trace_entries_are_cheap_tuples_with_the_same_fields():
+    entry = TraceEntry("auth", "jwt", "accepted", source="rules.yaml:3")
+    assert (entry.phase, entry.detail, entry.source) == ("auth", "", "rules.yaml:3")
+    assert TraceEntry(**entry.to_json()) == entry
+    decision = decide(request("GET", "/api/v1/agents/1", bearer()))
+    assert any(e.phase == "auth" and e.outcome == "accepted" for e in decision.trace)
+
+
+def test_plan_follows_the_policy_object():
+    policy = seed_policy()
+    assert core._plan(policy) is core._plan(policy)
+    other = dataclasses.replace(policy, name="other")
+    assert core._plan(other) is not core._plan(policy)
+    assert core.is_stream_class(policy, "audio-stream")
+    assert not core.is_stream_class(policy, "api-call")
+
+
+def test_identity_headers_are_stripped_and_the_memo_stays_bounded(monkeypatch):
+    monkeypatch.setattr(core, "_MEMO_LIMIT", 3)
+    state = make_state()
+    for n in range(6):
+        headers = {"X-User-Id": "mallory", "x_user_role": "admin", f"X-Other-{n}": "1"}
+        decision = decide(request("GET", "/health", headers), state)
+        assert set(decision.outcome.remove_headers) >= {"x-user-id", "x_user_role"}
+        assert f"x-other-{n}" not in decision.outcome.remove_headers
+    assert len(core._plan(seed_policy()).spoofable) <= 3
+
+
+def test_verifier_memo_is_per_state():
+    policy = seed_policy()
+    one, two = make_state(), make_state()
+    for state in (one, two, one):
+        assert (
+            decide(request("GET", "/api/v1/agents/1", bearer()), state, policy).context.auth_outcome == "jwt"
+        )
+    assert core._plan(policy).verifier[0] is one
+    assert core._plan(policy).verifier[1] is one.verifier(policy.auth.jwt)
+
+
+def test_pretty_host_is_memoised_per_host_header():
+    flow = tflow.tflow()
+    flow.request = http.Request.make(
+        "GET", "http://127.0.0.1:8080/health", b"", {"Host": "Bücher.example:8080"}
+    )
+    first = edge_request(flow).host
+    assert first == flow.request.pretty_host
+    flow.request.headers["Host"] = "other.example"
+    assert edge_request(flow).host == "other.example"
+
+
+def test_finish_reads_a_header_generator_once_for_rules_and_cache(tmp_path):
+    """Response rules see the origin's Content-Type even when the headers come as mitmproxy's generator."""
+    runtime = EdgeRuntime(str(SEED_POLICY), "local", environ=ENVIRON)
+    runtime.load_initial()
+    assert runtime.policy is not None
+    decision = decide(request("GET", "/api/v1/agents/1", bearer()), policy=runtime.policy)
+    exchange = Exchange(runtime.policy, decision, 0.0)
+    origin = [("Content-Type", "application/json"), ("Content-Length", "2")]
+    to_set, _ = runtime.finish(exchange, 200, (pair for pair in origin))
+    assert ("Cache-Control", "public, max-age=60, s-maxage=300") in to_set
+    assert exchange.extra["origin_headers"] == origin
