@@ -15,11 +15,22 @@ from dataclasses import dataclass, field, replace
 
 from edgerules.cache import RevalidationGate
 from edgerules.diagnostics import PolicyError
-from edgerules.engine.core import body_too_large, decide_request, response_headers
+from edgerules.engine.core import answer_from_entry, body_too_large, decide_request, response_headers
 from edgerules.engine.errors import error_answer
 from edgerules.engine.state import EngineState
-from edgerules.engine.values import Answer, Decision, EdgeRequest, EdgeResponse, Forward, HeaderView
+from edgerules.engine.values import (
+    Answer,
+    Context,
+    Decision,
+    EdgeRequest,
+    EdgeResponse,
+    Forward,
+    HeaderView,
+    TraceEntry,
+)
 from edgerules.health import HealthProber, HealthRegistry
+from edgerules.httpcache import invalidates, invalidation_targets, revalidation_headers, stale_if_error_ok
+from edgerules.metrics import MetricsRecorder, RequestRecord, access_log_line
 from edgerules.model import Policy
 from edgerules.policy import load_policy_file
 from edgerules.stores import open_store
@@ -113,8 +124,6 @@ class EdgeRuntime:
         if self.state is None:
             store = open_store(policy.store)
             self.state = EngineState(store, self.health)
-            from edgerules.metrics import MetricsRecorder
-
             self.metrics = MetricsRecorder(
                 store, policy.metrics, instance_id=f"{os.getpid()}", regions=list(policy.regions)
             )
@@ -199,8 +208,6 @@ class EdgeRuntime:
         started = time.perf_counter()
         if policy is None or self.state is None:
             answer = error_answer(None, "all_regions_down", reason="no_policy")
-            from edgerules.engine.values import Context
-
             return Exchange(policy, Decision(answer, Context(), []), started)  # type: ignore[arg-type]
         decision = await decide_request(req, policy, self.state)
         return Exchange(policy, decision, started)
@@ -273,8 +280,6 @@ class EdgeRuntime:
 
     @staticmethod
     def _note(decision: Decision, phase: str, rule: str, outcome: str, detail: str) -> None:
-        from edgerules.engine.values import TraceEntry
-
         decision.trace.append(TraceEntry(phase, rule, outcome, detail))
 
     def finish(
@@ -297,8 +302,6 @@ class EdgeRuntime:
             return
         if not policy.metrics.enabled and not policy.metrics.access_log:
             return  # `metrics.enabled: false`: no per-request work at all
-        from edgerules.metrics import RequestRecord
-
         ctx = exchange.decision.context
         error = ctx.error
         if ctx.auth_outcome.startswith("failed:"):
@@ -323,8 +326,6 @@ class EdgeRuntime:
             )
             self.metrics.record(record)
             if policy.metrics.access_log:
-                from edgerules.metrics import access_log_line
-
                 access_log.info(access_log_line(record, {"path": ctx.path}))
         except Exception:  # metrics must never break a request
             log.exception("metrics record failed")
@@ -371,8 +372,6 @@ class EdgeRuntime:
                     now,
                 )
             )
-        from edgerules.httpcache import invalidates, invalidation_targets
-
         if exchange.policy.cache is not None and invalidates(req.method, status):
             path = ctx.path or req.path
             origin_headers = list(exchange.extra.get("origin_headers", headers))  # type: ignore[call-overload]
@@ -386,8 +385,6 @@ class EdgeRuntime:
 
     def _made_conditional(self, exchange: Exchange) -> bool:
         """Did the engine send the stored entry's validators with this request (so a 304 is for the cache)?"""
-        from edgerules.httpcache import revalidation_headers
-
         lookup = exchange.decision.context.cache_lookup
         return lookup is not None and lookup.entry is not None and bool(revalidation_headers(lookup.entry))
 
@@ -421,8 +418,6 @@ class EdgeRuntime:
         self, exchange: Exchange, client_headers: Sequence[tuple[str, str]]
     ) -> FinalResponse | None:
         """The origin failed (unreachable, timeout, 5xx): the stale entry within its stale-if-error window."""
-        from edgerules.httpcache import stale_if_error_ok
-
         ctx = exchange.decision.context
         lookup, rule, now = ctx.cache_lookup, ctx.cache_rule, time.time()
         if lookup is None or lookup.entry is None or rule is None:
@@ -434,8 +429,6 @@ class EdgeRuntime:
     def _answer_from_entry(
         self, exchange: Exchange, entry, client_headers: Sequence[tuple[str, str]], status: str, now: float
     ) -> FinalResponse:
-        from edgerules.engine.core import answer_from_entry
-
         decision, ctx = exchange.decision, exchange.decision.context
         answer = answer_from_entry(entry, client_headers, now)
         decision.outcome = answer  # answered from the cache: nothing to store after the response

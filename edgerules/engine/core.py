@@ -44,6 +44,7 @@ from edgerules.httpcache import (
 from edgerules.model import Policy
 from edgerules.paths import PathError, normalise_path
 from edgerules.stores.base import StoreUnavailable
+from edgerules.timefmt import utc_iso_millis
 
 _SCHEME_NAMES = {"bearer": "Bearer"}
 _MEMO_LIMIT = 4096  # per-plan memo tables (header names are client-chosen: bounded)
@@ -664,7 +665,7 @@ def response_headers(
         to_set.append((cache.status_header, ctx.cache_status))
         to_set.extend((name, ctx.cache_status) for name in cache.extra_status_headers)
         if cache.processed_header:
-            to_set.append((cache.processed_header, _iso(now)))
+            to_set.append((cache.processed_header, utc_iso_millis(now)))
     if ctx.cors_rule is not None:
         to_set.extend(cors.response_headers(ctx.cors_rule, ctx.origin))
         vary = response.headers.get("vary")
@@ -688,13 +689,3 @@ def _rate_limit_headers(result) -> list[tuple[str, str]]:
         ("RateLimit-Remaining", str(result.remaining)),
         ("RateLimit-Reset", str(max(0, round(result.reset_after)))),
     ]
-
-
-def _iso(timestamp: float) -> str:
-    import datetime
-
-    return (
-        datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
