@@ -313,7 +313,7 @@ def render(rows: list[Row], extra: list[tuple[str, str]], args, elapsed: float) 
         "(`tests/support/policies.py` e2e environment: diskcache store, health probes every 2 s). The JWT path "
         "runs authentication, validation, classification, routing, request and response header rules, a "
         "cache lookup (no rule matches: MISS path) and metrics recording; the addon makes the upstream request "
-        "itself (aiohttp) while bare mitmdump forwards natively. Bare mitmdump and `mitmdump -s addon.py` "
+        "itself (its own HTTP/1.1 client) while bare mitmdump forwards natively. Bare mitmdump and `mitmdump -s addon.py` "
         "run with their default flow log (`flow_detail=1`); `edgerules serve` has no flow dumper.",
     ]
     for name, text in extra:
