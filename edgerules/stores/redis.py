@@ -1,9 +1,10 @@
 """Redis backend: state shared by several proxy instances.
 
 The client is ``redis.asyncio`` with a bounded, blocking connection pool, connect/socket timeouts from the
-config and no retries (a retry loop would hold the request while Redis is down). Connection errors and
-timeouts become ``StoreUnavailable`` at once; the pool replaces dead connections by itself, so calls work
-again as soon as Redis is back.
+config and no retry loop (it would hold the request while Redis is down): idempotent reads and writes get
+one fresh try after a connection error (a pooled socket that died with a restarted server), counters none.
+Connection errors and timeouts become ``StoreUnavailable`` at once; the pool replaces dead connections by
+itself, so calls work again as soon as Redis is back.
 
 Key design (Redis Cluster friendly):
 
@@ -90,13 +91,28 @@ class RedisStore:
         self._where = kw.get("path") or f"{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}"
         self._tag_add = self._client.register_script(_TAG_ADD)
 
-    async def _call[T](self, op: Callable[[], Awaitable[T]], bounded: bool = True) -> T:
-        """Run ``op``; ``bounded`` ops (one round trip) also get an overall deadline."""
+    async def _call[T](
+        self, op: Callable[[], Awaitable[T]], bounded: bool = True, idempotent: bool = False
+    ) -> T:
+        """Run ``op``; ``bounded`` ops (one round trip) also get an overall deadline.
+
+        After Redis restarts, the first command on each pooled connection fails (the old socket is dead). An
+        idempotent op gets one fresh try; counters never do (the command may have been applied).
+        """
+
+        async def attempt() -> T:
+            try:
+                return await op()
+            except RedisConnectionError:
+                if not idempotent:
+                    raise
+                return await op()
+
         try:
             if bounded:
                 async with asyncio.timeout(self._timeout):
-                    return await op()
-            return await op()
+                    return await attempt()
+            return await attempt()
         except _UNAVAILABLE as exc:
             detail = str(exc) or "timed out"
             raise StoreUnavailable(f"redis {self._where}: {type(exc).__name__}: {detail}") from exc
@@ -130,7 +146,7 @@ class RedisStore:
     # -- the Store interface ------------------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
-        return await self._call(lambda: self._client.get(self._k(key)))
+        return await self._call(lambda: self._client.get(self._k(key)), idempotent=True)
 
     async def set(self, key: str, value: bytes, ttl: float | None = None, tags: Sequence[str] = ()) -> None:
         name = self._k(writable_key(key))
@@ -144,10 +160,10 @@ class RedisStore:
                     )
                 await pipe.execute()
 
-        await self._call(op)
+        await self._call(op, idempotent=True)
 
     async def delete(self, key: str) -> bool:
-        return bool(await self._call(lambda: self._client.unlink(self._k(key))))
+        return bool(await self._call(lambda: self._client.unlink(self._k(key)), idempotent=True))
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         name = self._k(writable_key(key))
@@ -178,11 +194,11 @@ class RedisStore:
         await self._call(op)
 
     async def hgetall(self, key: str) -> dict[str, float]:
-        raw = await self._call(lambda: self._client.hgetall(self._k(key)))
+        raw = await self._call(lambda: self._client.hgetall(self._k(key)), idempotent=True)
         return {field.decode(): float(value) for field, value in raw.items()}
 
     async def keys(self, prefix: str) -> list[str]:
-        names = await self._call(lambda: self._scan(prefix), bounded=False)
+        names = await self._call(lambda: self._scan(prefix), bounded=False, idempotent=True)
         return sorted(name.removeprefix(self._prefix) for name in names)
 
     async def purge_prefix(self, prefix: str) -> int:
