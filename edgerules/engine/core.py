@@ -8,6 +8,7 @@ cache key always carries the authenticated principal.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from edgerules.auth.apikeys import authenticate_api_key
@@ -18,7 +19,7 @@ from edgerules.engine import cors
 from edgerules.engine.errors import error_answer
 from edgerules.engine.geo import is_trusted, locate
 from edgerules.engine.match import match_request, matches, media_matches, media_type
-from edgerules.engine.routing import choose_targets, make_target
+from edgerules.engine.routing import RoutePlan, candidates, plan_route, with_path
 from edgerules.engine.state import EngineState
 from edgerules.engine.values import (
     Answer,
@@ -54,7 +55,20 @@ class _Plan:
     """What the request phases derive from a policy once instead of on every request (policies are
     immutable; a reload brings a new policy object and so a new plan)."""
 
-    __slots__ = ("identity_names", "protected", "spoofable", "stream_classes", "verifier")
+    __slots__ = (
+        "auth_rule_notes",
+        "cache_notes",
+        "class_notes",
+        "header_notes",
+        "identity_names",
+        "priority_notes",
+        "protected",
+        "routes",
+        "spoofable",
+        "stream_classes",
+        "trusted",
+        "verifier",
+    )
 
     def __init__(self, policy: Policy) -> None:
         auth = policy.auth
@@ -75,9 +89,33 @@ class _Plan:
             if names
             else None
         )
+        # (country, lat, lon, candidates' health) -> routing.RoutePlan: a pure function of the policy and the key
+        self.routes: dict[tuple, RoutePlan] = {}
         self.stream_classes = frozenset(rc.name for rc in policy.classify.classes if rc.stream)
         # (state, state.verifier(policy.auth.jwt)): saves hashing the JWT configuration per request
         self.verifier: tuple[EngineState, JwtVerifier] | None = None
+        self.trusted: dict[str, bool] = {}  # client IP -> geo.is_trusted(policy.geo, ip)
+        # The trace entries of rules that matched, which carry nothing request-specific: built once, in the
+        # rules' order.
+        classify = policy.classify
+        self.class_notes = tuple(
+            TraceEntry("classify", f"class {rc.name}", "matched", "", rc.source) for rc in classify.classes
+        )
+        self.priority_notes = tuple(
+            TraceEntry("classify", f"priority {pr.priority}", "matched", "", pr.source)
+            for pr in classify.priorities
+        )
+        self.auth_rule_notes = tuple(
+            TraceEntry("auth", f"rule schemes={list(rule.schemes)}", "matched", "", rule.source)
+            for rule in (auth.rules if auth else ())
+        )
+        self.cache_notes = tuple(
+            TraceEntry("cache", rule.name, "matched", "", rule.source)
+            for _, rule in (policy.cache.rules if policy.cache else ())
+        )
+        self.header_notes = tuple(
+            TraceEntry("headers", rule.name, "applied", "", rule.source) for rule in policy.headers.request
+        )
 
 
 _PLANS: dict[int, tuple[Policy, _Plan]] = {}
@@ -143,7 +181,7 @@ async def decide_request(req: EdgeRequest, policy: Policy, state: EngineState) -
     if path != req.path:
         run.note("normalise", "path", "rewritten", f"{req.path} -> {path}")
 
-    ctx.country, ctx.lat, ctx.lon, how = locate(policy.geo, req.client_ip, headers)
+    ctx.country, ctx.lat, ctx.lon, how = locate(policy.geo, req.client_ip, headers, _trusted(run))
     run.note("geo", "country", ctx.country, how)
     _classify(run)
 
@@ -191,6 +229,18 @@ async def decide_request(req: EdgeRequest, policy: Policy, state: EngineState) -
     return _route(run)
 
 
+def _trusted(run: _Run) -> bool:
+    """`geo.is_trusted` for the client, memoised per policy (a pure function of the policy and the IP)."""
+    known = run.plan.trusted
+    client_ip = run.req.client_ip
+    trusted = known.get(client_ip)
+    if trusted is None:
+        if len(known) >= _MEMO_LIMIT:
+            known.clear()
+        trusted = known[client_ip] = is_trusted(run.policy.geo, client_ip)
+    return trusted
+
+
 def _strip_identity_headers(run: _Run) -> None:
     plan = run.plan
     known = plan.spoofable
@@ -234,17 +284,18 @@ def _classify(run: _Run) -> None:
     classify = run.policy.classify
     req, ctx = run.req, run.ctx
     path, method, headers, country = ctx.path, req.method, req.headers, ctx.country
+    plan = run.plan
     ctx.request_class = classify.default_class
-    for rc in classify.classes:
+    for rc, note in zip(classify.classes, plan.class_notes, strict=True):
         if match_request(rc.match, path, method, headers, None, country):
             ctx.request_class = rc.name
-            run.note("classify", f"class {rc.name}", "matched", source=rc.source)
+            run.trace.append(note)
             break
     ctx.priority = classify.default_priority
-    for pr in classify.priorities:
+    for pr, note in zip(classify.priorities, plan.priority_notes, strict=True):
         if match_request(pr.match, path, method, headers, ctx.request_class, country):
             ctx.priority = pr.priority
-            run.note("classify", f"priority {pr.priority}", "matched", source=pr.source)
+            run.trace.append(note)
             break
 
 
@@ -320,9 +371,9 @@ def _auth_schemes_for(run: _Run) -> tuple[str, ...] | None:
     if auth.public is not None and match_request(auth.public, *facts):
         run.note("auth", "public", "matched", source=auth.public_source)
         return None
-    for rule in auth.rules:
+    for rule, note in zip(auth.rules, run.plan.auth_rule_notes, strict=True):
         if match_request(rule.match, *facts):
-            run.note("auth", f"rule schemes={list(rule.schemes)}", "matched", source=rule.source)
+            run.trace.append(note)
             return rule.schemes or None
     return auth.schemes
 
@@ -443,28 +494,15 @@ def _cache_rule(run: _Run):
     if cache is None:
         return None
     ctx, req = run.ctx, run.req
-    if cache.never is not None and matches(
-        cache.never,
-        path=ctx.path,
-        method=req.method,
-        headers=req.headers,
-        request_class=ctx.request_class,
-        country=ctx.country,
-    ):
+    facts = (ctx.path, req.method, req.headers, ctx.request_class, ctx.country)
+    if cache.never is not None and match_request(cache.never, *facts):
         run.note("cache", "never", "matched", source=cache.source)
         return None
-    if is_stream_class(run.policy, ctx.request_class) or req.websocket:
+    if req.websocket or ctx.request_class in run.plan.stream_classes:
         return None
-    for match, rule in cache.rules:
-        if matches(
-            match,
-            path=ctx.path,
-            method=req.method,
-            headers=req.headers,
-            request_class=ctx.request_class,
-            country=ctx.country,
-        ):
-            run.note("cache", rule.name, "matched", source=rule.source)
+    for (match, rule), note in zip(cache.rules, run.plan.cache_notes, strict=True):
+        if match_request(match, *facts):
+            run.trace.append(note)
             return rule
     return None
 
@@ -480,8 +518,8 @@ async def _cache_lookup(run: _Run) -> Decision | None:
         # The authenticated principal, or a hash of whatever credentials came on a public path: never the
         # seed's shared 8-character prefix (flaw 1).
         principal = effective_principal(ctx.identity.principal if ctx.identity else None, req.headers.pairs)
-    key_headers = {name: req.headers.get(name) or "" for name in rule.key_headers}
-    ctx.cache_key = cache_key(req.method, req.scheme, req.host, ctx.path, req.query, principal, key_headers)
+    key_headers = tuple([(name, req.headers.get(name) or "") for name in rule.key_headers])
+    ctx.cache_key = _cache_key(req.method, req.scheme, req.host, ctx.path, req.query, principal, key_headers)
     lookup = await run.state.cache.lookup(rule, ctx.cache_key, req.method, req.headers.pairs)
     ctx.cache_status = str(lookup.status)
     ctx.cache_reason = lookup.reason
@@ -505,6 +543,21 @@ async def _cache_lookup(run: _Run) -> Decision | None:
         run.note("cache", rule.name, ctx.cache_status, "stale-if-error: every region is down")
         return run.answer(answer_from_entry(entry, req.headers.pairs, run.state.now()))
     return routed
+
+
+@functools.lru_cache(maxsize=_MEMO_LIMIT)
+def _cache_key(
+    method: str,
+    scheme: str,
+    host: str,
+    path: str,
+    query: str,
+    principal: str | None,
+    key_headers: tuple[tuple[str, str], ...],
+) -> str:
+    """`httpcache.cache_key`, memoised: a pure function of its arguments (no policy, no state, no clock), and
+    the same users come back for the same cacheable paths, which is when the cache matters."""
+    return cache_key(method, scheme, host, path, query, principal, dict(key_headers))
 
 
 def answer_from_entry(entry: CacheEntry, request_headers: HeaderInput, now: float) -> Answer:
@@ -544,28 +597,13 @@ def _background_revalidation(run: _Run, rule_name: str, entry: CacheEntry) -> Fo
 
 def _route(run: _Run) -> Decision:
     policy, req, ctx = run.policy, run.req, run.ctx
-    path_and_query = ctx.path + (f"?{req.query}" if req.query else "")
-    targets, order = choose_targets(
-        policy, ctx.country, ctx.lat, ctx.lon, path_and_query, run.state.health.is_healthy
-    )
-    if not targets:
-        if policy.routing.when_all_unhealthy == "reject" or not order:
-            return run.fail(
-                "all_regions_down", "routing", f"none of {list(order)} is healthy", policy.routing.source
-            )
-        primary = policy.regions[order[0]]
-        targets = [make_target(policy, primary, "fallback", ctx.lat, ctx.lon, path_and_query, degraded=True)]
-        run.note(
-            "routing",
-            order[0],
-            "fallback",
-            "every candidate unhealthy: primary, degraded",
-            policy.routing.source,
+    route = _route_plan(run)
+    if route.note is None:
+        return run.fail(
+            "all_regions_down", "routing", f"none of {list(route.order)} is healthy", policy.routing.source
         )
-    else:
-        skipped = order[: order.index(targets[0].region)]
-        detail = f"skipped unhealthy {list(skipped)}" if skipped else f"candidates {list(order)}"
-        run.note("routing", targets[0].region, targets[0].priority, detail, policy.routing.source)
+    run.trace.append(route.note)
+    targets = with_path(route.targets, ctx.path + (f"?{req.query}" if req.query else ""))
     first = targets[0]
     ctx.region, ctx.routing_priority, ctx.degraded = first.region, first.priority, first.degraded
 
@@ -577,11 +615,11 @@ def _route(run: _Run) -> Decision:
     if policy.routing.headers.forwarded:
         _forwarded_headers(run)
     _request_header_rules(run)
-    stream = req.websocket or is_stream_class(policy, ctx.request_class)
+    stream = req.websocket or ctx.request_class in run.plan.stream_classes
     forward = Forward(
-        targets=tuple(targets),
+        targets=targets,
         set_headers=tuple(run.set_headers),
-        remove_headers=tuple(dict.fromkeys(n.lower() for n in run.remove)),
+        remove_headers=tuple(dict.fromkeys([n.lower() for n in run.remove])) if run.remove else (),
         timeout=policy.routing.timeout,
         connect_timeout=policy.routing.connect_timeout,
         stream=stream,
@@ -589,10 +627,25 @@ def _route(run: _Run) -> Decision:
     return Decision(forward, ctx, run.trace)
 
 
+def _route_plan(run: _Run) -> RoutePlan:
+    """The memoised `plan_route` for this request's country, coordinates and its candidates' health now."""
+    ctx = run.ctx
+    is_healthy = run.state.health.is_healthy
+    healthy = tuple([is_healthy(name) for name in candidates(run.policy, ctx.country)])
+    key = (ctx.country, ctx.lat, ctx.lon, healthy)
+    routes = run.plan.routes
+    route = routes.get(key)
+    if route is None:
+        if len(routes) >= _MEMO_LIMIT:  # coordinates come from a header: bounded
+            routes.clear()
+        route = routes[key] = plan_route(run.policy, ctx.country, ctx.lat, ctx.lon, healthy)
+    return route
+
+
 def _forwarded_headers(run: _Run) -> None:
     req = run.req
     previous = req.headers.get("x-forwarded-for")
-    if previous and is_trusted(run.policy.geo, req.client_ip):
+    if previous and _trusted(run):
         run.set_headers.append(("X-Forwarded-For", f"{previous}, {req.client_ip}"))
     else:
         run.set_headers.append(("X-Forwarded-For", req.client_ip))
@@ -603,7 +656,7 @@ def _request_header_rules(run: _Run) -> None:
     req, ctx = run.req, run.ctx
     headers = req.headers
     facts = (ctx.path, req.method, headers, ctx.request_class, ctx.country)
-    for rule in run.policy.headers.request:
+    for rule, note in zip(run.policy.headers.request, run.plan.header_notes, strict=True):
         if rule.match is not None and not match_request(rule.match, *facts):
             continue
         if rule.unless is not None and match_request(rule.unless, *facts):
@@ -613,7 +666,7 @@ def _request_header_rules(run: _Run) -> None:
             if name not in headers:
                 run.set_headers.append((name, value))
         run.remove.extend(rule.remove)
-        run.note("headers", rule.name, "applied", source=rule.source)
+        run.trace.append(note)
 
 
 # ---------------------------------------------------------------------------------------------------- response

@@ -45,9 +45,14 @@ def _coordinate(value: str | None, limit: float) -> float | None:
     return number
 
 
-def locate(geo: Geo, client_ip: str, headers: HeaderView) -> tuple[str, float | None, float | None, str]:
-    """(country, lat, lon, how) for this client."""
-    if is_trusted(geo, client_ip):
+def locate(
+    geo: Geo, client_ip: str, headers: HeaderView, trusted: bool | None = None
+) -> tuple[str, float | None, float | None, str]:
+    """(country, lat, lon, how) for this client; `trusted` is `is_trusted(geo, client_ip)` when the caller
+    already knows it."""
+    if trusted is None:
+        trusted = is_trusted(geo, client_ip)
+    if trusted:
         country = headers.get(geo.country_header) if geo.country_header else None
         if country is not None:
             country = country.strip().upper()

@@ -54,15 +54,18 @@ def match_request(
     request_class: str | None,
     country: str | None,
 ) -> bool:
-    """`matches` with positional arguments: the engine calls it for every rule of every request."""
-    paths = match.paths
-    if paths is not None and paths.match(path) is None:
-        return False
+    """`matches` with positional arguments: the engine calls it for every rule of every request.
+
+    Every condition must hold; the cheap set lookups go before the path match.
+    """
     if match.methods is not None and method not in match.methods:
         return False
     if match.classes is not None and request_class not in match.classes:
         return False
     if match.countries is not None and country not in match.countries:
+        return False
+    paths = match.paths
+    if paths is not None and paths.match(path) is None:
         return False
     if match.content_types is not None and not media_matches(
         media_type(headers.get("content-type")), match.content_types

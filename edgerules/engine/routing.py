@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
-from edgerules.engine.values import Target
+from edgerules.engine.values import Target, TraceEntry
 from edgerules.model import LatencyTarget, Policy, Region
 
 EARTH_RADIUS_KM = 6371.0
@@ -95,4 +96,49 @@ def make_target(
         path=region.base_path + path_and_query,
         headers=tuple(headers),
         degraded=degraded,
+    )
+
+
+class RoutePlan(NamedTuple):
+    """Where requests with the same (country, coordinates, candidates' health) go, before their path is known.
+
+    A pure function of the policy and those facts, so the engine memoises it per policy; `with_path` turns it
+    into the request's targets.
+    """
+
+    targets: tuple[Target, ...]  # `path` holds only the region's base path; empty: refuse (all down, reject)
+    order: tuple[str, ...]
+    note: TraceEntry | None  # the routing trace entry (None when refused)
+
+
+def plan_route(
+    policy: Policy, country: str, lat: float | None, lon: float | None, healthy: tuple[bool, ...]
+) -> RoutePlan:
+    """`choose_targets` plus `when_all_unhealthy`, for candidates whose health is `healthy` (in order)."""
+    routing = policy.routing
+    order = candidates(policy, country)
+    up = dict(zip(order, healthy, strict=True))
+    targets, _ = choose_targets(policy, country, lat, lon, "", up.__getitem__)
+    if targets:
+        skipped = order[: order.index(targets[0].region)]
+        detail = f"skipped unhealthy {list(skipped)}" if skipped else f"candidates {list(order)}"
+        note = TraceEntry("routing", targets[0].region, targets[0].priority, detail, routing.source)
+        return RoutePlan(tuple(targets), order, note)
+    if routing.when_all_unhealthy == "reject" or not order:
+        return RoutePlan((), order, None)
+    primary = policy.regions[order[0]]
+    fallback = make_target(policy, primary, "fallback", lat, lon, "", degraded=True)
+    detail = "every candidate unhealthy: primary, degraded"
+    return RoutePlan((fallback,), order, TraceEntry("routing", order[0], "fallback", detail, routing.source))
+
+
+def with_path(targets: tuple[Target, ...], path_and_query: str) -> tuple[Target, ...]:
+    """A plan's targets for one request: each region's base path + the request's path and query."""
+    return tuple(
+        [
+            Target(
+                t.region, t.priority, t.scheme, t.host, t.port, t.path + path_and_query, t.headers, t.degraded
+            )
+            for t in targets
+        ]
     )

@@ -94,9 +94,9 @@ class Answer:
         return cls(status, (("Content-Type", "application/json"), *headers), body, kind)
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One region the request may go to, in failover order."""
+class Target(NamedTuple):
+    """One region the request may go to, in failover order (a tuple: every forwarded request builds up to
+    1 + retries of them)."""
 
     region: str
     priority: str  # "primary" | "secondary" | "tertiary" | "fallback"
