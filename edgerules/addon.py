@@ -196,6 +196,10 @@ class EdgeRules:
         runtime = self.runtime
         marker = flow.metadata.get(META)
         if runtime is None or marker is None:
+            if (
+                flow.response is None
+            ):  # never decided (cannot happen today): refuse rather than forward unchecked
+                self._fail(flow)
             return
         if marker == "admin":
             req = _edge_request(flow)
@@ -208,7 +212,10 @@ class EdgeRules:
         if flow.response is not None:
             return
         forward = exchange.decision.outcome
-        if not isinstance(forward, Forward) or forward.stream:
+        if not isinstance(forward, Forward):
+            self._fail(flow)  # an answer whose response went missing: never forward it
+            return
+        if forward.stream:
             return
         body = flow.request.raw_content or b""
         too_large = runtime.check_body(exchange, len(body))
