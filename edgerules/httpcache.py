@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from email.utils import formatdate, mktime_tz, parsedate_tz
 from enum import StrEnum
+from json.encoder import encode_basestring_ascii as _json_string
 from typing import Literal
 from urllib.parse import urljoin, urlsplit
 
@@ -734,22 +735,21 @@ def cache_key(
     principal's SHA-256 (``anonymous`` marker when None) and the named request headers' values."""
     scheme = scheme.lower()
     method = method.upper()
-    parts = {
-        "m": "GET" if method == "HEAD" else method,
-        "u": [
-            scheme,
-            _normalise_host(scheme, host),
-            normalise_percent_encoding(path),
-            normalise_query(query),
-        ],
-        "p": "anonymous" if principal is None else "sha256:" + principal_hash(principal),
-        "h": sorted(
-            (n.lower(), None if v is None else _WS_AROUND_COMMA.sub(",", v.strip()))
-            for n, v in key_headers.items()
-        ),
-    }
-    digest = hashlib.sha256(json.dumps(parts, separators=(",", ":"), sort_keys=True).encode()).hexdigest()
-    return KEY_PREFIX + digest
+    headers = sorted(
+        (n.lower(), None if v is None else _WS_AROUND_COMMA.sub(",", v.strip()))
+        for n, v in key_headers.items()
+    )
+    # The text json.dumps({"h": headers, "m": ..., "p": ..., "u": [...]}, separators=(",", ":"),
+    # sort_keys=True) gives, written out (json.dumps builds an encoder per call: most of this function's time).
+    q = _json_string
+    pairs = ",".join([f"[{q(n)},{'null' if v is None else q(v)}]" for n, v in headers])
+    owner = "anonymous" if principal is None else "sha256:" + principal_hash(principal)
+    url = (scheme, _normalise_host(scheme, host), normalise_percent_encoding(path), normalise_query(query))
+    text = (
+        f'{{"h":[{pairs}],"m":{q("GET" if method == "HEAD" else method)},"p":{q(owner)},'
+        f'"u":[{",".join([q(part) for part in url])}]}}'
+    )
+    return KEY_PREFIX + hashlib.sha256(text.encode()).hexdigest()
 
 
 def key_header_values(names: Iterable[str], request_headers: HeaderInput) -> dict[str, str | None]:

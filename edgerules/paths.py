@@ -13,7 +13,7 @@ trie (cost bounded by the path's depth), and regexes run as one RE2 set (linear 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import re2
@@ -96,6 +96,12 @@ class _TrieNode:
         self.child_terminal: int | None = None  # pattern index matching only strictly below ("/voice/")
 
 
+def split_path(path: str) -> list[str]:
+    """The segments `PathMatcher.match` walks (`/a/b/` -> `["a", "b"]`, `/` -> `[]`): a caller matching one
+    path against many matchers splits it once and passes them along."""
+    return path.strip("/").split("/") if path != "/" else []
+
+
 class PathMatcher:
     """A set of path patterns matched against a normalised path.
 
@@ -105,13 +111,14 @@ class PathMatcher:
     - `regex`: RE2 full match of the whole normalised path (anchored both ends, linear time).
     """
 
-    __slots__ = ("_exact", "_regex_index", "_regex_set", "_root", "patterns")
+    __slots__ = ("_exact", "_prefixes", "_regex_index", "_regex_match", "_root", "patterns")
 
     def __init__(self, patterns: Iterable[PathPattern]) -> None:
         self.patterns: tuple[PathPattern, ...] = tuple(patterns)
         self._exact: dict[str, int] = {}
         self._root = _TrieNode()
-        self._regex_set = None
+        self._prefixes = False
+        self._regex_match = None
         self._regex_index: list[int] = []
         regexes: list[tuple[int, str]] = []
         for index, pattern in enumerate(self.patterns):
@@ -119,6 +126,7 @@ class PathMatcher:
                 self._exact.setdefault(pattern.value, index)
             elif pattern.kind == "prefix":
                 self._add_prefix(pattern.value, index)
+                self._prefixes = True
             elif pattern.kind == "regex":
                 regexes.append((index, pattern.value))
             else:
@@ -129,7 +137,9 @@ class PathMatcher:
                 regex_set.Add(value)
                 self._regex_index.append(index)
             regex_set.Compile()
-            self._regex_set = regex_set
+            # The wrapper's Match spends ~1 us per call type-checking and encoding before RE2's ~0.4 us; the
+            # compiled set underneath takes the UTF-8 bytes directly (same answers: indices, empty when none).
+            self._regex_match = getattr(regex_set, "_set", regex_set).Match
 
     def _add_prefix(self, prefix: str, index: int) -> None:
         strict = prefix.endswith("/") and prefix != "/"
@@ -143,30 +153,31 @@ class PathMatcher:
         elif node.terminal is None:
             node.terminal = index
 
-    def match(self, path: str) -> int | None:
-        """Index (into `patterns`) of a pattern that matches `path`, or None."""
+    def match(self, path: str, segments: Sequence[str] | None = None) -> int | None:
+        """Index (into `patterns`) of a pattern that matches `path`, or None.
+
+        `segments` is `split_path(path)` when the caller already has it.
+        """
         found = self._exact.get(path)
         if found is not None:
             return found
-        node = self._root
-        if node.terminal is not None:
-            return node.terminal
-        segments = path.strip("/").split("/") if path != "/" else []
-        depth = len(segments)
-        for i, seg in enumerate(segments):
-            if node.child_terminal is not None:
-                return node.child_terminal
-            nxt = node.children.get(seg)
-            if nxt is None:
-                node = None
-                break
-            node = nxt
+        if self._prefixes:
+            node = self._root
             if node.terminal is not None:
                 return node.terminal
-            if i == depth - 1 and path.endswith("/") and node.child_terminal is not None:
-                return node.child_terminal
-        if self._regex_set is not None:
-            hits = self._regex_set.Match(path)
+            for seg in split_path(path) if segments is None else segments:
+                if node.child_terminal is not None:
+                    return node.child_terminal
+                node = node.children.get(seg)
+                if node is None:
+                    break
+                if node.terminal is not None:
+                    return node.terminal
+            else:  # every segment walked: a strict prefix (`/voice/`) matches `/voice/...` ending in `/`
+                if node is not self._root and node.child_terminal is not None and path.endswith("/"):
+                    return node.child_terminal
+        if self._regex_match is not None:
+            hits = self._regex_match(path.encode())
             if hits:
                 return self._regex_index[min(hits)]
         return None

@@ -43,7 +43,8 @@ from edgerules.httpcache import (
     stale_if_error_ok,
 )
 from edgerules.model import Policy
-from edgerules.paths import PathError, normalise_path
+from edgerules.paths import PathError, normalise_path, split_path
+from edgerules.ratelimit import RateLimitRule
 from edgerules.stores.base import StoreUnavailable
 from edgerules.timefmt import utc_iso_millis
 
@@ -136,7 +137,18 @@ def _plan(policy: Policy) -> _Plan:
 class _Run:
     """One request's pass through the phases (kept as an object so each phase stays a small method)."""
 
-    __slots__ = ("ctx", "plan", "policy", "remove", "req", "set_headers", "state", "trace")
+    __slots__ = (
+        "ctx",
+        "facts",
+        "plan",
+        "policy",
+        "remove",
+        "req",
+        "segments",
+        "set_headers",
+        "state",
+        "trace",
+    )
 
     def __init__(self, req: EdgeRequest, policy: Policy, state: EngineState) -> None:
         self.req = req
@@ -147,6 +159,9 @@ class _Run:
         self.trace: list[TraceEntry] = []
         self.set_headers: list[tuple[str, str]] = []
         self.remove: list[str] = []
+        self.segments: list[str] = []  # paths.split_path of the normalised path, split once for every rule
+        # match_request's arguments after match, once the class is known (see _classify)
+        self.facts: tuple = ()
 
     def note(self, phase: str, rule: str, outcome: str, detail: str = "", source: str = "") -> None:
         self.trace.append(TraceEntry(phase, rule, outcome, detail, source))
@@ -180,6 +195,7 @@ async def decide_request(req: EdgeRequest, policy: Policy, state: EngineState) -
         return run.fail("invalid_request", "validation", str(exc), reason="invalid_path")
     if path != req.path:
         run.note("normalise", "path", "rewritten", f"{req.path} -> {path}")
+    run.segments = segments = split_path(path)
 
     ctx.country, ctx.lat, ctx.lon, how = locate(policy.geo, req.client_ip, headers, _trusted(run))
     run.note("geo", "country", ctx.country, how)
@@ -188,7 +204,7 @@ async def decide_request(req: EdgeRequest, policy: Policy, state: EngineState) -
     # Path allowlist first: nothing below (not even CORS) runs for a path the policy does not serve.
     validation = policy.validation
     if validation.allow_paths is not None:
-        hit = validation.allow_paths.match(path)
+        hit = validation.allow_paths.match(path, segments)
         if hit is None:
             return run.fail(
                 "path_not_allowed",
@@ -202,7 +218,7 @@ async def decide_request(req: EdgeRequest, policy: Policy, state: EngineState) -
         )
 
     ctx.origin = headers.get("origin")
-    ctx.cors_rule = rule = cors.find_rule(policy.cors, path)
+    ctx.cors_rule = rule = cors.find_rule(policy.cors, path, segments)
     if rule is not None and cors.is_preflight(req.method, headers):
         allowed, cors_headers, why = cors.preflight(rule, headers)
         run.note("cors", rule.name, "preflight" if allowed else "refused", why, rule.source)
@@ -218,9 +234,11 @@ async def decide_request(req: EdgeRequest, policy: Policy, state: EngineState) -
     if refusal is not None:
         return refusal
 
-    refusal = await _rate_limit(run)
-    if refusal is not None:
-        return refusal
+    limits = _applicable_limits(run)
+    if limits:
+        refusal = await _rate_limit(run, limits)
+        if refusal is not None:
+            return refusal
 
     cached = await _cache_lookup(run)
     if cached is not None:
@@ -262,9 +280,13 @@ _FIELD_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _check_header_syntax(run: _Run) -> Decision | None:
-    pairs = run.req.headers.pairs
     limit = run.policy.validation.max_header_size
-    size = sum(len(name) + len(value) + 4 for name, value in pairs)
+    size = 0
+    malformed = None  # the first malformed name; the size is checked first all the same
+    for name, value in run.req.headers.pairs:
+        size += len(name) + len(value) + 4
+        if malformed is None and (not _FIELD_NAME.fullmatch(name) or _FIELD_VALUE_BAD.search(value)):
+            malformed = name
     if size > limit:
         return run.fail(
             "headers_too_large",
@@ -272,31 +294,31 @@ def _check_header_syntax(run: _Run) -> Decision | None:
             f"headers are {size} bytes, over {limit}",
             run.policy.validation.source,
         )
-    for name, value in pairs:
-        if not _FIELD_NAME.fullmatch(name) or _FIELD_VALUE_BAD.search(value):
-            return run.fail(
-                "invalid_request", "validation", f"malformed header {name[:64]!r}", reason="invalid_header"
-            )
+    if malformed is not None:
+        return run.fail(
+            "invalid_request", "validation", f"malformed header {malformed[:64]!r}", reason="invalid_header"
+        )
     return None
 
 
 def _classify(run: _Run) -> None:
     classify = run.policy.classify
     req, ctx = run.req, run.ctx
-    path, method, headers, country = ctx.path, req.method, req.headers, ctx.country
+    path, method, headers, country, segments = ctx.path, req.method, req.headers, ctx.country, run.segments
     plan = run.plan
     ctx.request_class = classify.default_class
     for rc, note in zip(classify.classes, plan.class_notes, strict=True):
-        if match_request(rc.match, path, method, headers, None, country):
+        if match_request(rc.match, path, method, headers, None, country, segments):
             ctx.request_class = rc.name
             run.trace.append(note)
             break
     ctx.priority = classify.default_priority
     for pr, note in zip(classify.priorities, plan.priority_notes, strict=True):
-        if match_request(pr.match, path, method, headers, ctx.request_class, country):
+        if match_request(pr.match, path, method, headers, ctx.request_class, country, segments):
             ctx.priority = pr.priority
             run.trace.append(note)
             break
+    run.facts = (path, method, headers, ctx.request_class, country, segments)
 
 
 def is_stream_class(policy: Policy, name: str | None) -> bool:
@@ -366,8 +388,7 @@ def body_too_large(policy: Policy, size: int) -> Answer | None:
 def _auth_schemes_for(run: _Run) -> tuple[str, ...] | None:
     """Accepted schemes for this request; None means public."""
     auth = run.policy.auth
-    ctx, req = run.ctx, run.req
-    facts = (ctx.path, req.method, req.headers, ctx.request_class, ctx.country)
+    facts = run.facts
     if auth.public is not None and match_request(auth.public, *facts):
         run.note("auth", "public", "matched", source=auth.public_source)
         return None
@@ -446,17 +467,17 @@ def _challenges(run: _Run, schemes: tuple[str, ...]) -> list[tuple[str, str]]:
     return out
 
 
-async def _rate_limit(run: _Run) -> Decision | None:
-    ctx, req = run.ctx, run.req
-    identity = ctx.identity
+def _applicable_limits(run: _Run) -> list[tuple[RateLimitRule, str, int, float]]:
+    """(rule, subject, limit, window) of the rate limits that count this request, in the policy's order
+    (synchronous: most requests have none, and then no coroutine is made)."""
+    identity = run.ctx.identity
+    out = []
     for match, rule, per_key_override in run.policy.rate_limits:
-        if match is not None and not match_request(
-            match, ctx.path, req.method, req.headers, ctx.request_class, ctx.country
-        ):
+        if match is not None and not match_request(match, *run.facts):
             continue
         limit, window = rule.limit, rule.window
         if rule.key == "client_ip":
-            subject = req.client_ip
+            subject = run.req.client_ip
         elif identity is None:
             continue
         elif rule.key == "api_key":
@@ -468,6 +489,13 @@ async def _rate_limit(run: _Run) -> Decision | None:
                 limit, window = own
         else:
             subject = identity.principal
+        out.append((rule, subject, limit, window))
+    return out
+
+
+async def _rate_limit(run: _Run, limits: list[tuple[RateLimitRule, str, int, float]]) -> Decision | None:
+    ctx = run.ctx
+    for rule, subject, limit, window in limits:
         try:
             result = await run.state.limiter.hit(rule.name, subject, limit, window)
         except StoreUnavailable as exc:
@@ -494,7 +522,7 @@ def _cache_rule(run: _Run):
     if cache is None:
         return None
     ctx, req = run.ctx, run.req
-    facts = (ctx.path, req.method, req.headers, ctx.request_class, ctx.country)
+    facts = run.facts
     if cache.never is not None and match_request(cache.never, *facts):
         run.note("cache", "never", "matched", source=cache.source)
         return None
@@ -653,9 +681,8 @@ def _forwarded_headers(run: _Run) -> None:
 
 
 def _request_header_rules(run: _Run) -> None:
-    req, ctx = run.req, run.ctx
-    headers = req.headers
-    facts = (ctx.path, req.method, headers, ctx.request_class, ctx.country)
+    headers = run.req.headers
+    facts = run.facts
     for rule, note in zip(run.policy.headers.request, run.plan.header_notes, strict=True):
         if rule.match is not None and not match_request(rule.match, *facts):
             continue

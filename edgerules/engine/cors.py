@@ -6,13 +6,18 @@ fixed origin only on some 200 responses (DESIGN.md flaw 5).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from edgerules.engine.values import HeaderView
 from edgerules.model import CorsRule
 
 
-def find_rule(rules: tuple[CorsRule, ...], path: str) -> CorsRule | None:
+def find_rule(
+    rules: tuple[CorsRule, ...], path: str, segments: Sequence[str] | None = None
+) -> CorsRule | None:
+    """The first rule for `path` (`segments`: `paths.split_path(path)` when the caller has it)."""
     for rule in rules:
-        if rule.match.paths is None or rule.match.paths.match(path) is not None:
+        if rule.match.paths is None or rule.match.paths.match(path, segments) is not None:
             return rule
     return None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from edgerules.engine.values import HeaderView
 from edgerules.model import Match
@@ -53,9 +53,11 @@ def match_request(
     headers: HeaderView,
     request_class: str | None,
     country: str | None,
+    segments: Sequence[str] | None = None,
 ) -> bool:
     """`matches` with positional arguments: the engine calls it for every rule of every request.
 
+    `segments` is `paths.split_path(path)` (the engine splits each request's path once, not once per rule).
     Every condition must hold; the cheap set lookups go before the path match.
     """
     if match.methods is not None and method not in match.methods:
@@ -65,7 +67,7 @@ def match_request(
     if match.countries is not None and country not in match.countries:
         return False
     paths = match.paths
-    if paths is not None and paths.match(path) is None:
+    if paths is not None and paths.match(path, segments) is None:
         return False
     if match.content_types is not None and not media_matches(
         media_type(headers.get("content-type")), match.content_types
