@@ -16,7 +16,6 @@ import subprocess
 import time
 from collections.abc import Callable
 
-import jwt
 import pytest
 
 from edgerules.auth.apikeys import ApiKeyStore
@@ -24,7 +23,8 @@ from edgerules.cli import main as cli_main
 from edgerules.policy import load_policy_file
 from edgerules.stores import open_store
 from tests.support.origins import Origins, start_origins
-from tests.support.policies import ENV, JWT_SECRET, write_policy
+from tests.support.policies import ENV, JWT_SECRET, ORIGIN_MODE_CACHE_RULES, write_policy
+from tests.support.policies import bearer as support_bearer
 from tests.support.ports import free_port
 from tests.support.processes import VENV_BIN
 from tests.support.proxy import Proxy, Response, http, start_mitmdump
@@ -37,28 +37,11 @@ STATUS = "CF-Cache-Status"
 POLL_SECONDS = 2.0
 
 # The seed's rules, plus analytics in origin mode (freshness, Vary and validators from the origin).
-CACHE_OVERLAY = {
-    "cache": {
-        "rules": [
-            {"name": "agent-configs", "match": {"prefix": "/api/v1/agents", "methods": ["GET"]}, "ttl": "5m"},
-            {"name": "health", "match": {"regex": "(.*/)?health(/.*)?", "methods": ["GET"]}, "ttl": "1m"},
-            {
-                "name": "analytics",
-                "match": {"prefix": "/api/v1/analytics", "methods": ["GET"]},
-                "mode": "origin",
-            },
-        ]
-    }
-}
+CACHE_OVERLAY = {"cache": {"rules": ORIGIN_MODE_CACHE_RULES}}
 
 
-def bearer(sub: str) -> dict[str, str]:
-    token = jwt.encode(
-        {"sub": sub, "role": "agent", "permissions": ["read"], "exp": int(time.time()) + 600},
-        JWT_SECRET,
-        algorithm="HS256",
-    )
-    return {"Authorization": f"Bearer {token}"}
+def bearer(sub: str = "alice") -> dict[str, str]:
+    return support_bearer(sub, role="agent", permissions=("read",))
 
 
 def origin_hits(origins: Origins, path: str) -> int:

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import jwt
 import pytest
 
 from tests.support.origins import Origins, start_origins
-from tests.support.policies import ENV, JWT_SECRET, write_policy
+from tests.support.policies import ENV, ORIGIN_MODE_CACHE_RULES, write_policy
+from tests.support.policies import bearer as support_bearer
 from tests.support.proxy import Proxy, Response, http, start_mitmdump
 
 pytestmark = pytest.mark.e2e
@@ -30,29 +30,11 @@ POLL_SECONDS = 3.0
 
 # A memory store (one edge process): its writes finish without yielding, so background stores complete in the
 # order they started and `Edge.stored` is an exact barrier.
-OVERLAY = {
-    "store": {"backend": "memory"},
-    "cache": {
-        "rules": [
-            {"name": "agent-configs", "match": {"prefix": "/api/v1/agents", "methods": ["GET"]}, "ttl": "5m"},
-            {"name": "health", "match": {"regex": "(.*/)?health(/.*)?", "methods": ["GET"]}, "ttl": "1m"},
-            {
-                "name": "analytics",
-                "match": {"prefix": "/api/v1/analytics", "methods": ["GET"]},
-                "mode": "origin",
-            },
-        ]
-    },
-}
+OVERLAY = {"store": {"backend": "memory"}, "cache": {"rules": ORIGIN_MODE_CACHE_RULES}}
 
 
 def bearer(sub: str = "alice") -> dict[str, str]:
-    token = jwt.encode(
-        {"sub": sub, "role": "agent", "permissions": ["read"], "exp": int(time.time()) + 600},
-        JWT_SECRET,
-        algorithm="HS256",
-    )
-    return {"Authorization": f"Bearer {token}"}
+    return support_bearer(sub, role="agent", permissions=("read",))
 
 
 def steer(origin_headers: dict[str, str], **extra: str) -> dict[str, str]:

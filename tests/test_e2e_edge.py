@@ -6,26 +6,16 @@ import json
 import threading
 import time
 
-import jwt
 import pytest
 
 from tests.support.origins import start_origins
-from tests.support.policies import ENV, JWT_SECRET, write_policy
+from tests.support.policies import ENV, bearer, write_policy
 from tests.support.processes import ProcessError
 from tests.support.proxy import http, start_mitmdump
 
 pytestmark = pytest.mark.e2e
 
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
-
-
-def bearer(sub: str = "user-1") -> dict[str, str]:
-    token = jwt.encode(
-        {"sub": sub, "role": "admin", "permissions": ["a"], "exp": int(time.time()) + 600},
-        JWT_SECRET,
-        algorithm="HS256",
-    )
-    return {"Authorization": f"Bearer {token}"}
 
 
 def routed_requests(origin) -> int:

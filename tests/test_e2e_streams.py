@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
-import jwt
 import pytest
 
 from tests.support.origins import start_origins
-from tests.support.policies import ENV, JWT_SECRET, write_policy
+from tests.support.policies import ENV, bearer, write_policy
 from tests.support.proxy import http, start_mitmdump
 
 pytestmark = pytest.mark.e2e
@@ -29,10 +27,7 @@ def edge(tmp_path_factory):
 
 
 def auth() -> dict[str, str]:
-    token = jwt.encode(
-        {"sub": "u", "role": "r", "exp": int(time.time()) + 600}, JWT_SECRET, algorithm="HS256"
-    )
-    return {"Authorization": f"Bearer {token}"}
+    return bearer("u", role="r", permissions=())
 
 
 def test_audio_stream_is_routed_by_country_and_arrives_whole(edge):

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import jwt
 
 from edgerules.loader import load_yaml_file
 
@@ -53,3 +56,19 @@ def write_policy(
     path = directory / name
     path.write_text(json.dumps(data, indent=1))
     return path
+
+
+def bearer(
+    sub: str = "user-1", *, role: str = "admin", permissions: tuple[str, ...] = ("a",)
+) -> dict[str, str]:
+    """An Authorization header with a valid HS256 token for the e2e environment's JWT_SECRET."""
+    claims = {"sub": sub, "role": role, "permissions": list(permissions), "exp": int(time.time()) + 600}
+    return {"Authorization": f"Bearer {jwt.encode(claims, JWT_SECRET, algorithm='HS256')}"}
+
+
+# The seed's cache rules plus analytics in origin mode (freshness, Vary and validators from the origin).
+ORIGIN_MODE_CACHE_RULES = [
+    {"name": "agent-configs", "match": {"prefix": "/api/v1/agents", "methods": ["GET"]}, "ttl": "5m"},
+    {"name": "health", "match": {"regex": "(.*/)?health(/.*)?", "methods": ["GET"]}, "ttl": "1m"},
+    {"name": "analytics", "match": {"prefix": "/api/v1/analytics", "methods": ["GET"]}, "mode": "origin"},
+]
