@@ -98,6 +98,7 @@ async def _status(runtime: EdgeRuntime, body: bytes) -> Answer:
             "reloads": status.reloads,
             "failures": status.failures,
             "last_error": status.last_error,
+            "restart_required": status.restart_required,
         },
         "regions": runtime.health.snapshot(list(policy.regions)) if policy else {},
         "store": store,

@@ -49,6 +49,7 @@ class ReloadStatus:
     failures: int = 0
     last_error: str | None = None  # "file:line:col: message" of the first problem
     fingerprint: str = ""
+    restart_required: str | None = None  # settings a reload cannot apply (the store is opened once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +128,15 @@ class EdgeRuntime:
             self.metrics = MetricsRecorder(
                 store, policy.metrics, instance_id=f"{os.getpid()}", regions=list(policy.regions)
             )
-        elif self.metrics is not None:
-            # a reload may switch recording (or the access log) on or off
-            self.metrics.config = policy.metrics
+        else:
+            running = self._policy
+            if running is not None and policy.store != running.store:
+                # Keys, limits, cache and rollups live in the store opened at start: say so, don't swap silently.
+                self.reload_status.restart_required = "store settings changed: restart to use the new store"
+                log.warning("policy reload: %s", self.reload_status.restart_required)
+            if self.metrics is not None:
+                # a reload may switch recording (or the access log) on or off
+                self.metrics.config = policy.metrics
         self._policy = policy  # one reference swap: a request reads it once and keeps that policy
         self.reload_status.loaded_at = time.time()
         self.reload_status.fingerprint = files_fingerprint(policy.files)
