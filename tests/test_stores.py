@@ -275,6 +275,58 @@ async def test_diskcache_unusable_path_then_recovers(tmp_path: Path) -> None:
         await store.close()
 
 
+@pytest.mark.asyncio
+async def test_diskcache_reads_inline_and_see_other_writers(tmp_path: Path) -> None:
+    """Reads run on the event loop (no worker hop) and still see what another handle wrote a moment ago."""
+    path = str(tmp_path / "state")
+    reader = open_store(StoreConfig(backend="diskcache", path=path))
+    writer = open_store(StoreConfig(backend="diskcache", path=path))
+    try:
+        await writer.set("k", b"one")
+        assert await reader.get("k") == b"one"  # the first read goes through a worker and opens the handle
+        pool_calls = 0
+        run = reader._run  # type: ignore[attr-defined]
+
+        async def counting_run(fn):
+            nonlocal pool_calls
+            pool_calls += 1
+            return await run(fn)
+
+        reader._run = counting_run  # type: ignore[attr-defined]
+        await writer.set("k", b"two")
+        assert await reader.get("k") == b"two"
+        await writer.delete("k")
+        assert await reader.get("k") is None
+        assert pool_calls == 0
+    finally:
+        await reader.close()
+        await writer.close()
+
+
+@pytest.mark.asyncio
+async def test_diskcache_inline_read_error_falls_back_to_a_worker(tmp_path: Path) -> None:
+    """An inline read that fails (a lock held past INLINE_READ_TIMEOUT: in WAL mode SQLite cannot be made to
+    do that on demand, so the handle is made to fail) is not an outage: a worker reads with the full busy
+    timeout, and only the worker's verdict decides whether the store is unavailable."""
+    import sqlite3
+
+    store = open_store(StoreConfig(backend="diskcache", path=str(tmp_path / "state")))
+    try:
+        await store.set("k", b"v")
+        assert await store.get("k") == b"v"
+        reader = store._inline_reader()  # type: ignore[attr-defined]
+        assert reader is not None
+
+        def locked(*args, **kwargs):
+            raise sqlite3.OperationalError("database is locked")
+
+        reader.get = locked
+        assert await store.get("k") == b"v"
+        assert await store.hgetall("missing") == {}
+    finally:
+        await store.close()
+
+
 def _in_forked_child(task: Callable[[], dict[str, object]]) -> dict[str, object]:
     """Run ``task`` in a forked child, unprivileged ("nobody") when we are root: root ignores file modes."""
     read_end, write_end = os.pipe()
