@@ -30,12 +30,13 @@ def edge_request(flow: Any, *, timestamp: float | None = None) -> EdgeRequest:
     recorded time."""
     request = flow.request
     path, _, query = request.path.partition("?")
-    declared = request.headers.get("content-length")
+    headers = HeaderView(request.headers.items(multi=True))  # one pass; the lookups below use its index
+    declared = headers.get("content-length")
     body_size = len(request.raw_content) if request.raw_content is not None else None
     if body_size is None and declared is not None and declared.strip().isdigit():
         body_size = int(declared)
     peer = flow.client_conn.peername
-    upgrade = request.headers.get("upgrade", "").lower() == "websocket"
+    upgrade = (headers.get("upgrade") or "").lower() == "websocket"
     return EdgeRequest(
         method=request.method.upper(),
         path=path,
@@ -43,7 +44,7 @@ def edge_request(flow: Any, *, timestamp: float | None = None) -> EdgeRequest:
         scheme="https" if flow.client_conn.tls_established else "http",
         host=_pretty_host(request),
         port=request.port,
-        headers=HeaderView(request.headers.items(multi=True)),
+        headers=headers,
         client_ip=peer[0] if peer else "",
         body_size=body_size,
         timestamp=time.time() if timestamp is None else timestamp,

@@ -20,17 +20,20 @@ so a body-less HEAD answer can never replace a GET entry.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from email.utils import formatdate, mktime_tz, parsedate_tz
 from enum import StrEnum
 from json.encoder import encode_basestring_ascii as _json_string
 from typing import Literal
 from urllib.parse import urljoin, urlsplit
+
+from edgerules.engine import values as engine_values
 
 type HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]]
 type VaryValues = tuple[tuple[str, str | None], ...]
@@ -93,6 +96,9 @@ class HeaderView:
     __slots__ = ("_fields",)
 
     def __init__(self, headers: HeaderInput) -> None:
+        if isinstance(headers, engine_values.HeaderView):
+            self._fields = headers._index  # the same index, shared read-only: no second pass over the pairs
+            return
         pairs = headers.items() if isinstance(headers, Mapping) else headers
         fields: dict[str, list[str]] = {}
         for name, value in pairs:
@@ -190,7 +196,9 @@ def delta_seconds(value: str | None) -> int | None:
     return min(int(value), MAX_DELTA)
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_http_date(value: str | None) -> float | None:
+    """Epoch seconds of an HTTP date, None when invalid (memoised: the same few Date values recur)."""
     if not value:
         return None
     parsed = parsedate_tz(value.strip())
@@ -235,11 +243,20 @@ class CacheEntry:
     vary: VaryValues = ()  # the request's values for the response's Vary fields (None = absent)
     rule: str = ""
     url_path: str = ""
+    # Derived once per entry (every hit needs them): the headers' view and RFC 9111 4.2.3's corrected
+    # initial age, to which the age calculation only adds the time since the response arrived.
+    view: HeaderView = field(init=False, repr=False, compare=False)
+    initial_age: float = field(init=False, repr=False, compare=False)
 
     _MAGIC = b"ERC1"
 
+    def __post_init__(self) -> None:
+        view = HeaderView(self.headers)
+        object.__setattr__(self, "view", view)
+        object.__setattr__(self, "initial_age", _corrected_initial_age(self, view))
+
     def header(self, name: str) -> str | None:
-        return HeaderView(self.headers).get(name)
+        return self.view.get(name)
 
     def to_bytes(self) -> bytes:
         """``ERC1`` + 4-byte big-endian metadata length + JSON metadata + raw body (no base64 overhead)."""
@@ -303,11 +320,26 @@ class VariantIndex:
             raise ValueError(f"malformed variant index: {exc}") from exc
 
 
+# Decoded small records, keyed by their exact bytes: a hit reads the record from the store every time (so a
+# purge or a newer version anywhere is seen at once) but decodes each stored version once. Bounded: at most
+# DECODED_MEMO_SIZE records of at most DECODED_MEMO_MAX_BYTES each are kept.
+DECODED_MEMO_SIZE = 256
+DECODED_MEMO_MAX_BYTES = 16 * 1024
+_decoded: dict[bytes, CacheEntry | VariantIndex] = {}
+
+
 def decode_record(data: bytes) -> CacheEntry | VariantIndex:
     """Decode whatever the response cache stored under a key; ValueError when it is neither."""
-    if data[:4] == VariantIndex._MAGIC:
-        return VariantIndex.from_bytes(data)
-    return CacheEntry.from_bytes(data)
+    record = _decoded.get(data)
+    if record is not None:
+        return record
+    decode = VariantIndex.from_bytes if data[:4] == VariantIndex._MAGIC else CacheEntry.from_bytes
+    record = decode(data)
+    if len(data) <= DECODED_MEMO_MAX_BYTES:
+        if len(_decoded) >= DECODED_MEMO_SIZE:
+            del _decoded[next(iter(_decoded))]  # the oldest decoded
+        _decoded[bytes(data)] = record
+    return record
 
 
 # --------------------------------------------------------------------------------------------- storability
@@ -397,7 +429,10 @@ def freshness_lifetime(rule: CacheRule, response_headers: HeaderInput, now: floa
 
 def current_age(entry: CacheEntry, now: float) -> float:
     """RFC 9111 4.2.3 age calculation."""
-    view = HeaderView(entry.headers)
+    return entry.initial_age + max(0.0, now - entry.response_time)
+
+
+def _corrected_initial_age(entry: CacheEntry, view: HeaderView) -> float:
     age_value = 0
     for raw in view.getall("age"):
         parsed = delta_seconds(raw.strip())
@@ -409,8 +444,7 @@ def current_age(entry: CacheEntry, now: float) -> float:
         date_value = entry.response_time
     apparent_age = max(0.0, entry.response_time - date_value)
     response_delay = max(0.0, entry.response_time - entry.request_time)
-    corrected_initial_age = max(apparent_age, age_value + response_delay)
-    return corrected_initial_age + max(0.0, now - entry.response_time)
+    return max(apparent_age, age_value + response_delay)
 
 
 def age_header(entry: CacheEntry, now: float) -> str:
@@ -431,7 +465,7 @@ def stale_windows(rule: CacheRule, entry: CacheEntry) -> tuple[float, float]:
     """
     if rule.mode == "fixed":
         return rule.stale_while_revalidate, rule.stale_if_error
-    cc = parse_cache_control(HeaderView(entry.headers).getall("cache-control"))
+    cc = parse_cache_control(entry.view.getall("cache-control"))
     if "must-revalidate" in cc or "proxy-revalidate" in cc:
         return 0.0, 0.0
     implied = "s-maxage" in cc
@@ -454,9 +488,9 @@ def classify(rule: CacheRule, entry: CacheEntry, now: float, request_headers: He
     ``max-age`` and ``min-fresh`` (RFC 9111 5.2.1) force revalidation; fixed mode ignores them.
     """
     age = current_age(entry, now)
-    lifetime = freshness_lifetime(rule, entry.headers, entry.response_time)
+    lifetime = freshness_lifetime(rule, entry.view, entry.response_time)
     if rule.mode == "origin":
-        cc = parse_cache_control(HeaderView(entry.headers).getall("cache-control"))
+        cc = parse_cache_control(entry.view.getall("cache-control"))
         if "no-cache" in cc:
             return Freshness.MUST_REVALIDATE
         if _request_forces_revalidation(_view(request_headers), age, lifetime):
@@ -493,7 +527,7 @@ def _request_forces_revalidation(req: HeaderView, age: float, lifetime: float) -
 
 def stale_if_error_ok(rule: CacheRule, entry: CacheEntry, now: float) -> bool:
     """May this (stale) entry be served because the origin failed (5xx, timeout, unreachable)?"""
-    lifetime = freshness_lifetime(rule, entry.headers, entry.response_time)
+    lifetime = freshness_lifetime(rule, entry.view, entry.response_time)
     staleness = current_age(entry, now) - lifetime
     swr, sie = stale_windows(rule, entry)
     return staleness < max(swr, sie)
@@ -503,7 +537,7 @@ def storage_ttl(rule: CacheRule, entry: CacheEntry) -> float:
     """How long the store keeps the entry: remaining freshness plus the longest window it can still be
     used in (stale windows, or - with validators - as long again as it was fresh, at least 60 s, so it can
     be revalidated with a 304). ``<= 0`` means not worth storing."""
-    lifetime = freshness_lifetime(rule, entry.headers, entry.response_time)
+    lifetime = freshness_lifetime(rule, entry.view, entry.response_time)
     remaining = lifetime - current_age(entry, entry.response_time)
     swr, sie = stale_windows(rule, entry)
     keep = max(swr, sie)
@@ -513,7 +547,7 @@ def storage_ttl(rule: CacheRule, entry: CacheEntry) -> float:
 
 
 def _has_validator(entry: CacheEntry) -> bool:
-    view = HeaderView(entry.headers)
+    view = entry.view
     return "etag" in view or "last-modified" in view
 
 
@@ -563,7 +597,7 @@ def evaluate_conditional(request_headers: HeaderInput, entry: CacheEntry) -> boo
     """
     if not 200 <= entry.status < 300:
         return False
-    req, stored = _view(request_headers), HeaderView(entry.headers)
+    req, stored = _view(request_headers), entry.view
     inm = req.get("if-none-match")
     if inm is not None:
         if inm.strip() == "*":
@@ -600,7 +634,7 @@ def not_modified_headers(entry: CacheEntry, now: float) -> list[tuple[str, str]]
 
 def revalidation_headers(entry: CacheEntry) -> dict[str, str]:
     """Validators to send to the origin so it can answer 304 (RFC 9111 4.3.1)."""
-    stored = HeaderView(entry.headers)
+    stored = entry.view
     out: dict[str, str] = {}
     if (etag := stored.get("etag")) is not None:
         out["If-None-Match"] = etag
@@ -619,7 +653,7 @@ def merge_304(
     stored body depends on (Content-Length/-Encoding/-Range); the age clock restarts at the 304.
     """
     new = _view(response_headers_304)
-    stored = HeaderView(entry.headers)
+    stored = entry.view
     new_etag, old_etag = _etags(new.get("etag") or ""), _etags(stored.get("etag") or "")
     if new_etag:
         if not old_etag or new_etag[0][1] != old_etag[0][1]:

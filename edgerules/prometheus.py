@@ -9,6 +9,7 @@ collapses to ``"other"`` so a client sending odd countries, paths or regions can
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import threading
@@ -19,6 +20,7 @@ from typing import Literal
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OTHER = "other"
 MAX_LABEL_VALUE_LEN = 64
+_KEY_MEMO_LIMIT = 4096
 
 _NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -99,15 +101,25 @@ class _Metric:
             for label in self.labels
         }
         self._lock = lock
+        # label values as given -> series key. Correct to memoise: a value once admitted stays admitted and a
+        # full label stays full. Bounded like the series themselves.
+        self._keys: dict[tuple[tuple[str, str], ...], tuple[str, ...]] = {}
         self._setup()
 
     def _setup(self) -> None:
         """Create the per-series storage (subclasses)."""
 
     def _key(self, labels: Mapping[str, str]) -> tuple[str, ...]:
+        given = tuple(labels.items())
+        key = self._keys.get(given)
+        if key is not None:
+            return key
         if set(labels) != set(self.labels):
             raise ValueError(f"{self.name} takes labels {self.labels}, got {tuple(labels)}")
-        return tuple(self._bounds[n].admit(str(labels[n])) for n in self.labels)
+        key = tuple(self._bounds[n].admit(str(labels[n])) for n in self.labels)
+        if len(self._keys) < _KEY_MEMO_LIMIT:
+            self._keys[given] = key
+        return key
 
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {escape_help(self.help)}", f"# TYPE {self.name} {self.kind}"]
@@ -208,7 +220,8 @@ class Histogram(_Metric):
         self._sums: dict[tuple[str, ...], float] = {}
 
     def observe(self, value: float, **labels: str) -> None:
-        index = next(i for i, bound in enumerate(self.buckets) if value <= bound)
+        # the first bucket with value <= bound (+Inf last; a NaN lands there too rather than raising)
+        index = min(bisect.bisect_left(self.buckets, value), len(self.buckets) - 1)
         with self._lock:
             key = self._key(labels)
             counts = self._counts.setdefault(key, [0] * len(self.buckets))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 
 from edgerules.auth.apikeys import authenticate_api_key
 from edgerules.auth.identity import identity_headers, is_spoofable_header, parse_authorization
@@ -19,7 +20,7 @@ from edgerules.engine import cors
 from edgerules.engine.errors import error_answer
 from edgerules.engine.geo import is_trusted, locate
 from edgerules.engine.match import match_request, matches, media_matches, media_type
-from edgerules.engine.routing import RoutePlan, candidates, plan_route, with_path
+from edgerules.engine.routing import RoutePlan, candidates, plan_route
 from edgerules.engine.state import EngineState
 from edgerules.engine.values import (
     Answer,
@@ -57,11 +58,13 @@ class _Plan:
     immutable; a reload brings a new policy object and so a new plan)."""
 
     __slots__ = (
+        "answers",
         "auth_rule_notes",
         "cache_notes",
         "class_notes",
         "header_notes",
         "identity_names",
+        "located",
         "priority_notes",
         "protected",
         "routes",
@@ -96,6 +99,10 @@ class _Plan:
         # (state, state.verifier(policy.auth.jwt)): saves hashing the JWT configuration per request
         self.verifier: tuple[EngineState, JwtVerifier] | None = None
         self.trusted: dict[str, bool] = {}  # client IP -> geo.is_trusted(policy.geo, ip)
+        # (client IP, its geo header values) -> geo.locate(...): a pure function of the policy and the key
+        self.located: dict[tuple, tuple[str, float | None, float | None, str]] = {}
+        # (kind, reason, extra headers) -> error_answer(policy, ...): answers are immutable values
+        self.answers: dict[tuple, Answer] = {}
         # The trace entries of rules that matched, which carry nothing request-specific: built once, in the
         # rules' order.
         classify = policy.classify
@@ -170,9 +177,18 @@ class _Run:
         self.ctx.error = answer.kind if answer.status >= 400 else None
         return Decision(answer, self.ctx, self.trace)
 
-    def fail(self, kind: str, phase: str, detail: str, source: str = "", **kw) -> Decision:
+    def fail(
+        self,
+        kind: str,
+        phase: str,
+        detail: str,
+        source: str = "",
+        *,
+        headers: Sequence[tuple[str, str]] = (),
+        reason: str | None = None,
+    ) -> Decision:
         self.note(phase, kind, "refused", detail, source)
-        return self.answer(error_answer(self.policy, kind, **kw))
+        return self.answer(_error_answer(self.plan, self.policy, kind, tuple(headers), reason))
 
 
 async def decide_request(req: EdgeRequest, policy: Policy, state: EngineState) -> Decision:
@@ -197,7 +213,7 @@ async def decide_request(req: EdgeRequest, policy: Policy, state: EngineState) -
         run.note("normalise", "path", "rewritten", f"{req.path} -> {path}")
     run.segments = segments = split_path(path)
 
-    ctx.country, ctx.lat, ctx.lon, how = locate(policy.geo, req.client_ip, headers, _trusted(run))
+    ctx.country, ctx.lat, ctx.lon, how = _locate(run)
     run.note("geo", "country", ctx.country, how)
     _classify(run)
 
@@ -223,7 +239,7 @@ async def decide_request(req: EdgeRequest, policy: Policy, state: EngineState) -
         allowed, cors_headers, why = cors.preflight(rule, headers)
         run.note("cors", rule.name, "preflight" if allowed else "refused", why, rule.source)
         if not allowed:
-            return run.answer(error_answer(policy, "forbidden", headers=cors_headers, reason="cors"))
+            return run.answer(_error_answer(run.plan, policy, "forbidden", tuple(cors_headers), "cors"))
         return run.answer(Answer(204, tuple(cors_headers), b"", "preflight"))
 
     refusal = _validate(run)
@@ -259,6 +275,38 @@ def _trusted(run: _Run) -> bool:
     return trusted
 
 
+def _locate(run: _Run) -> tuple[str, float | None, float | None, str]:
+    """`geo.locate` for the client, memoised per policy on the client IP and the geo headers it sent."""
+    geo, req = run.policy.geo, run.req
+    headers = req.headers
+    key = (
+        req.client_ip,
+        headers.get(geo.country_header) if geo.country_header else None,
+        headers.get(geo.latitude_header) if geo.latitude_header else None,
+        headers.get(geo.longitude_header) if geo.longitude_header else None,
+    )
+    known = run.plan.located
+    found = known.get(key)
+    if found is None:
+        if len(known) >= _MEMO_LIMIT:
+            known.clear()
+        found = known[key] = locate(geo, req.client_ip, headers, _trusted(run))
+    return found
+
+
+def _error_answer(
+    plan: _Plan, policy: Policy, kind: str, headers: tuple[tuple[str, str], ...], reason: str | None
+) -> Answer:
+    """`error_answer`, memoised per policy: the same few refusals are built over and over."""
+    key = (kind, reason, headers)
+    answer = plan.answers.get(key)
+    if answer is None:
+        if len(plan.answers) >= _MEMO_LIMIT:
+            plan.answers.clear()
+        answer = plan.answers[key] = error_answer(policy, kind, headers=headers, reason=reason)
+    return answer
+
+
 def _strip_identity_headers(run: _Run) -> None:
     plan = run.plan
     known = plan.spoofable
@@ -281,12 +329,22 @@ _FIELD_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 def _check_header_syntax(run: _Run) -> Decision | None:
     limit = run.policy.validation.max_header_size
-    size = 0
+    pairs = run.req.headers.pairs
+    names = [name for name, _ in pairs]
+    values = [value for _, value in pairs]
+    size = sum(map(len, names)) + sum(map(len, values)) + 4 * len(pairs)
     malformed = None  # the first malformed name; the size is checked first all the same
-    for name, value in run.req.headers.pairs:
-        size += len(name) + len(value) + 4
-        if malformed is None and (not _FIELD_NAME.fullmatch(name) or _FIELD_VALUE_BAD.search(value)):
-            malformed = name
+    # Two regex calls for the whole header block (HTAB, the separator, is allowed in values; every name
+    # must be a non-empty token), and the field-by-field search only when one of them fails.
+    if (
+        not all(names)
+        or _FIELD_NAME.fullmatch("".join(names)) is None
+        or _FIELD_VALUE_BAD.search("\t".join(values)) is not None
+    ):
+        for name, value in pairs:
+            if not _FIELD_NAME.fullmatch(name) or _FIELD_VALUE_BAD.search(value):
+                malformed = name
+                break
     if size > limit:
         return run.fail(
             "headers_too_large",
@@ -545,10 +603,10 @@ async def _cache_lookup(run: _Run) -> Decision | None:
     if rule.key_principal:
         # The authenticated principal, or a hash of whatever credentials came on a public path: never the
         # seed's shared 8-character prefix (flaw 1).
-        principal = effective_principal(ctx.identity.principal if ctx.identity else None, req.headers.pairs)
+        principal = effective_principal(ctx.identity.principal if ctx.identity else None, req.headers)
     key_headers = tuple([(name, req.headers.get(name) or "") for name in rule.key_headers])
     ctx.cache_key = _cache_key(req.method, req.scheme, req.host, ctx.path, req.query, principal, key_headers)
-    lookup = await run.state.cache.lookup(rule, ctx.cache_key, req.method, req.headers.pairs)
+    lookup = await run.state.cache.lookup(rule, ctx.cache_key, req.method, req.headers)
     ctx.cache_status = str(lookup.status)
     ctx.cache_reason = lookup.reason
     entry = lookup.entry
@@ -559,7 +617,7 @@ async def _cache_lookup(run: _Run) -> Decision | None:
     if lookup.servable:
         if lookup.status is CacheStatus.STALE:
             ctx.cache_revalidate = _background_revalidation(run, rule.name, entry)
-        return run.answer(answer_from_entry(entry, req.headers.pairs, run.state.now()))
+        return run.answer(answer_from_entry(entry, req.headers, run.state.now()))
     _make_conditional(run, rule.name, entry)  # EXPIRED with validators: the origin may answer 304
     if not stale_if_error_ok(rule, entry, run.state.now()):
         return None
@@ -569,7 +627,7 @@ async def _cache_lookup(run: _Run) -> Decision | None:
     if isinstance(routed.outcome, Answer) and routed.outcome.kind == "all_regions_down":
         ctx.cache_status, ctx.error = str(CacheStatus.STALE), None
         run.note("cache", rule.name, ctx.cache_status, "stale-if-error: every region is down")
-        return run.answer(answer_from_entry(entry, req.headers.pairs, run.state.now()))
+        return run.answer(answer_from_entry(entry, req.headers, run.state.now()))
     return routed
 
 
@@ -631,8 +689,7 @@ def _route(run: _Run) -> Decision:
             "all_regions_down", "routing", f"none of {list(route.order)} is healthy", policy.routing.source
         )
     run.trace.append(route.note)
-    targets = with_path(route.targets, ctx.path + (f"?{req.query}" if req.query else ""))
-    first = targets[0]
+    first = route.targets[0]
     ctx.region, ctx.routing_priority, ctx.degraded = first.region, first.priority, first.degraded
 
     classify = policy.classify
@@ -645,7 +702,8 @@ def _route(run: _Run) -> Decision:
     _request_header_rules(run)
     stream = req.websocket or ctx.request_class in run.plan.stream_classes
     forward = Forward(
-        targets=targets,
+        regions=route.targets,
+        path_and_query=ctx.path + (f"?{req.query}" if req.query else ""),
         set_headers=tuple(run.set_headers),
         remove_headers=tuple(dict.fromkeys([n.lower() for n in run.remove])) if run.remove else (),
         timeout=policy.routing.timeout,

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 
 from edgerules.engine.values import HeaderView
 from edgerules.model import Match
+from edgerules.paths import split_path
 
 
 def media_type(content_type: str | None) -> str | None:
@@ -67,8 +68,14 @@ def match_request(
     if match.countries is not None and country not in match.countries:
         return False
     paths = match.paths
-    if paths is not None and paths.match(path, segments) is None:
-        return False
+    if paths is not None:
+        if segments is None:
+            segments = split_path(path)
+        firsts = paths.first_segments
+        if firsts is not None and (segments[0] if segments else "") not in firsts:
+            return False
+        if paths.match(path, segments) is None:
+            return False
     if match.content_types is not None and not media_matches(
         media_type(headers.get("content-type")), match.content_types
     ):

@@ -102,7 +102,7 @@ def make_target(
 class RoutePlan(NamedTuple):
     """Where requests with the same (country, coordinates, candidates' health) go, before their path is known.
 
-    A pure function of the policy and those facts, so the engine memoises it per policy; `with_path` turns it
+    A pure function of the policy and those facts, so the engine memoises it per policy; `Forward.targets` turns it
     into the request's targets.
     """
 
@@ -130,15 +130,3 @@ def plan_route(
     fallback = make_target(policy, primary, "fallback", lat, lon, "", degraded=True)
     detail = "every candidate unhealthy: primary, degraded"
     return RoutePlan((fallback,), order, TraceEntry("routing", order[0], "fallback", detail, routing.source))
-
-
-def with_path(targets: tuple[Target, ...], path_and_query: str) -> tuple[Target, ...]:
-    """A plan's targets for one request: each region's base path + the request's path and query."""
-    return tuple(
-        [
-            Target(
-                t.region, t.priority, t.scheme, t.host, t.port, t.path + path_and_query, t.headers, t.degraded
-            )
-            for t in targets
-        ]
-    )

@@ -7,7 +7,7 @@ line, a YAML test case or a recorded flow. The engine answers with a `Decision`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -36,6 +36,10 @@ class HeaderView:
 
     def names(self) -> list[str]:
         return list(self._index)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        """The (name, value) pairs as received: a view can go wherever a list of pairs is accepted."""
+        return iter(self.pairs)
 
     def __repr__(self) -> str:
         return f"HeaderView({list(self.pairs)!r})"
@@ -110,12 +114,25 @@ class Target(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    targets: tuple[Target, ...]
+    regions: tuple[Target, ...]  # failover order; each `path` is the region's base path alone
+    path_and_query: str  # the request's normalised path and query, appended to each base path
     set_headers: tuple[tuple[str, str], ...]
     remove_headers: tuple[str, ...]  # lower-case names
     timeout: float
     connect_timeout: float
     stream: bool = False  # mitmproxy forwards it itself (audio streams, WebSockets)
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        """Where the request goes, in failover order: each region's base path + the request's path and
+        query. Built when asked (the runtime walks it once) rather than for every decision."""
+        tail = self.path_and_query
+        return tuple(
+            [
+                Target(t.region, t.priority, t.scheme, t.host, t.port, t.path + tail, t.headers, t.degraded)
+                for t in self.regions
+            ]
+        )
 
 
 @dataclass(slots=True)
