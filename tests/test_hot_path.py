@@ -171,3 +171,103 @@ def test_finish_reads_a_header_generator_once_for_rules_and_cache(tmp_path):
     to_set, _ = runtime.finish(exchange, 200, (pair for pair in origin))
     assert ("Cache-Control", "public, max-age=60, s-maxage=300") in to_set
     assert exchange.extra["origin_headers"] == origin
+
+
+def _decide_all(state, policy, reqs):
+    async def run():
+        return [await core.decide_request(r, policy, state) for r in reqs]
+
+    import asyncio
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("spelling", "expected"),
+    [
+        ("Bearer {t}", 200),
+        ("bearer {t}", 200),  # another spelling of the scheme: the full path, same answer
+        ("BEARER {t}", 200),
+        ("Bearer  {t}", 401),  # two spaces: refused although the token itself is known
+        ("Bearer {t} ", 401),
+        ("Bearer {t}, Bearer {t}", 401),
+        ("API-Key {t}", 401),
+    ],
+)
+def test_known_bearer_shortcut_answers_like_the_full_path(spelling, expected):
+    """Once a token is in the verifier's cache the engine skips parsing for `Bearer <token>`: every other
+    spelling still goes through parse_authorization and gets the same answer as before it was cached."""
+    policy, state = seed_policy(), make_state()
+    tok = bearer()["Authorization"].removeprefix("Bearer ")
+    first, again, spelled = _decide_all(
+        state,
+        policy,
+        [
+            request("GET", "/api/v1/agents/1", {"Authorization": f"Bearer {tok}"}),
+            request("GET", "/api/v1/agents/1", {"Authorization": f"Bearer {tok}"}),
+            request("GET", "/api/v1/agents/1", {"Authorization": spelling.format(t=tok)}),
+        ],
+    )
+    assert first.context.identity is not None and again.context.identity == first.context.identity
+    status = 200 if spelled.context.identity is not None else spelled.outcome.status
+    assert status == expected
+    cold = _decide_all(
+        make_state(), policy, [request("GET", "/api/v1/agents/1", {"Authorization": spelling.format(t=tok)})]
+    )[0]
+    assert (cold.context.identity is not None) == (spelled.context.identity is not None)
+
+
+def test_known_bearer_shortcut_respects_expiry_and_duplicates():
+    policy, state = seed_policy(), make_state()
+    header = bearer()["Authorization"]
+    assert _decide_all(state, policy, [request(headers={"Authorization": header})])[0].context.identity
+    duplicate = request(headers=[("Authorization", header), ("Authorization", header)])
+    assert _decide_all(state, policy, [duplicate])[0].context.auth_outcome == "failed:duplicate_header"
+    verifier = core._verifier(core._Run(request(), policy, state), policy.auth.jwt)
+    for key, (identity, _until) in list(verifier._cache.items()):
+        verifier._cache[key] = (identity, 0.0)  # the cached verdict ran out
+    assert verifier.cached(header.removeprefix("Bearer ")) is None
+    later = _decide_all(state, policy, [request(headers={"Authorization": header})])[0]
+    assert later.context.identity is not None  # verified again from scratch (the token itself is valid)
+
+
+def test_first_segment_rejection_matches_the_full_walk():
+    from edgerules.paths import PathMatcher, PathPattern, split_path
+
+    matchers = [
+        PathMatcher([PathPattern("prefix", "/api/v1/agents"), PathPattern("path", "/health")]),
+        PathMatcher([PathPattern("prefix", "/voice/")]),
+        PathMatcher([PathPattern("prefix", "/")]),
+        PathMatcher([PathPattern("path", "/")]),
+        PathMatcher([PathPattern("regex", "(.*/)?health(/.*)?")]),
+    ]
+    assert matchers[0].first_segments == {"api", "health"}
+    assert [m.first_segments for m in matchers[2:]] == [None, None, None]
+    paths = [
+        "/",
+        "/health",
+        "/health/",
+        "/api",
+        "/api/v1/agents/7",
+        "/voice",
+        "/voice/",
+        "/voice/x",
+        "/x/health",
+    ]
+    for matcher in matchers:
+        for path in paths:
+            segments = split_path(path)
+            firsts = matcher.first_segments
+            rejected = firsts is not None and (segments[0] if segments else "") not in firsts
+            if rejected:
+                assert matcher.match(path, segments) is None, (matcher.patterns, path)
+
+
+def test_forward_targets_carry_the_path_and_query_on_each_region():
+    decision = decide(request("GET", "/api/v1/agents/1", bearer(), query="a=1"))
+    targets = decision.outcome.targets
+    assert targets and all(t.path.endswith("/api/v1/agents/1?a=1") for t in targets)
+    assert all(
+        r.path + "/api/v1/agents/1?a=1" == t.path
+        for r, t in zip(decision.outcome.regions, targets, strict=True)
+    )

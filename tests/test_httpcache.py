@@ -718,3 +718,56 @@ def test_path_tags_support_segment_prefix_purge():
     assert hc.url_tag("/api/v1/agents") not in tags
     deep = hc.path_tags("/a/b/c/d/e/f/g/h")
     assert hc.prefix_tag("/a/b/c/d/e/f/g") in deep  # deeper prefixes over-purge via their ancestor
+
+
+def _age_by_the_book(entry: CacheEntry, now: float) -> float:
+    """RFC 9111 4.2.3 written out, as the entry's precomputed initial age must reproduce it."""
+    view = hc.HeaderView(entry.headers)
+    age_value = 0
+    for raw in view.getall("age"):
+        parsed = hc.delta_seconds(raw.strip())
+        if parsed is not None:
+            age_value = parsed
+            break
+    date_value = hc.parse_http_date(view.get("date"))
+    if date_value is None:
+        date_value = entry.response_time
+    apparent_age = max(0.0, entry.response_time - date_value)
+    corrected = max(apparent_age, age_value + max(0.0, entry.response_time - entry.request_time))
+    return corrected + max(0.0, now - entry.response_time)
+
+
+@given(
+    age=st.one_of(st.none(), st.sampled_from(["0", "30", "x", " 7 ", "99999999999"])),
+    date_offset=st.one_of(st.none(), st.integers(-100, 100)),
+    delay=st.floats(0, 5),
+    later=st.floats(-10, 1000),
+)
+def test_precomputed_initial_age_gives_the_rfc_age(age, date_offset, delay, later):
+    received = 1_700_000_000.0
+    headers = []
+    if age is not None:
+        headers.append(("Age", age))
+    if date_offset is not None:
+        headers.append(("Date", hc.http_date(received + date_offset)))
+    entry = CacheEntry(200, tuple(headers), b"x", received, received - delay, received)
+    assert hc.current_age(entry, received + later) == pytest.approx(_age_by_the_book(entry, received + later))
+    merged = replace(entry, headers=(("Age", "5"),), response_time=received + 1)  # derived fields follow
+    assert merged.initial_age == _age_by_the_book(merged, merged.response_time)
+
+
+def test_decoded_records_are_reused_per_exact_bytes_and_bounded(monkeypatch):
+    monkeypatch.setattr(hc, "_decoded", {})
+    monkeypatch.setattr(hc, "DECODED_MEMO_SIZE", 3)
+    entries = [CacheEntry(200, (("X-N", str(n)),), b"body", 1.0, 1.0, 1.0) for n in range(5)]
+    blobs = [e.to_bytes() for e in entries]
+    first = hc.decode_record(blobs[0])
+    assert first == entries[0] and hc.decode_record(bytes(blobs[0])) is first  # equal bytes: same entry
+    for blob, entry in zip(blobs, entries, strict=True):
+        assert hc.decode_record(blob) == entry
+    assert len(hc._decoded) == 3  # oldest dropped
+    big = CacheEntry(200, (), b"y" * (hc.DECODED_MEMO_MAX_BYTES + 1), 1.0, 1.0, 1.0).to_bytes()
+    assert hc.decode_record(big) == hc.decode_record(big)
+    assert big not in hc._decoded  # large bodies are decoded each time, never held twice
+    with pytest.raises(ValueError):
+        hc.decode_record(b"ERC1garbage")

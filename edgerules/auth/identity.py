@@ -138,6 +138,24 @@ def identity_headers(
 
     `names` has attributes (or keys) user, role, permissions, authenticated_at; `now` is epoch seconds.
     """
+    entry = _CHECKED.get(id(identity))
+    if entry is None or entry[0] is not identity or entry[1] is not names:
+        entry = _check(identity, names)
+    return [*entry[2], (entry[3], utc_iso_millis(time.time() if now is None else now))]
+
+
+# id(identity) -> (identity, names, its user/role/permissions headers, the authenticated-at header name), only
+# for identities that passed the checks. Keyed by object identity (the verifier's cache hands out the same
+# Identity for the same token, and hashing the dataclass costs more than the lookup); the entry holds the
+# identity, so its id cannot be reused while it is here.
+_CHECKED: dict[int, tuple[Identity, object, tuple[tuple[str, str], ...], str]] = {}
+
+
+def _check(
+    identity: Identity, names: HeaderNames | Mapping[str, str]
+) -> tuple[Identity, object, tuple[tuple[str, str], ...], str]:
+    """The defence-in-depth checks and the JSON encoding of the permissions, memoised per identity (the
+    same users come back on every request, and these cost more than the rest)."""
     if type(names) is dict or isinstance(names, Mapping):  # dict first: an ABC check is slow
         user_h, role_h, perms_h, at_h = (
             names["user"],
@@ -147,25 +165,6 @@ def identity_headers(
         )
     else:
         user_h, role_h, perms_h, at_h = names.user, names.role, names.permissions, names.authenticated_at
-    permissions = _checked_permissions(identity)
-    stamp = utc_iso_millis(time.time() if now is None else now)
-    return [
-        (user_h, identity.user),
-        (role_h, identity.role),
-        (perms_h, permissions),
-        (at_h, stamp),
-    ]
-
-
-_CHECKED: dict[Identity, str] = {}  # identity -> its permissions header; only identities that passed
-
-
-def _checked_permissions(identity: Identity) -> str:
-    """The permissions header value, after the defence-in-depth checks; memoised per identity (the same
-    users come back on every request, and the checks and the JSON encoding cost more than the rest)."""
-    permissions = _CHECKED.get(identity)
-    if permissions is not None:
-        return permissions
     if not valid_identity_fields(identity.user, identity.role, identity.permissions):
         raise AuthFailure("bad_claim", "identity contains a value that is not a safe header value")
     permissions = json.dumps(list(identity.permissions), separators=(",", ":"), ensure_ascii=True)
@@ -173,8 +172,9 @@ def _checked_permissions(identity: Identity) -> str:
         raise AuthFailure("bad_claim", "permissions too large for a header")
     if len(_CHECKED) >= 4096:
         _CHECKED.clear()
-    _CHECKED[identity] = permissions
-    return permissions
+    pairs = ((user_h, identity.user), (role_h, identity.role), (perms_h, permissions))
+    entry = _CHECKED[id(identity)] = (identity, names, pairs, at_h)
+    return entry
 
 
 # RFC 9110 auth-scheme (token) SP token68. Exactly one space, nothing around, no commas (so no
@@ -202,7 +202,8 @@ def parse_authorization(header_values: list[str], schemes: Collection[str] | Non
     match = _AUTHZ.fullmatch(value)
     if match is None:
         raise AuthFailure("malformed_authorization", "Authorization must be '<scheme> <credentials>'")
-    scheme = match.group(1).lower()
+    scheme, credentials = match.groups()
+    scheme = scheme.lower()
     if schemes is not None and scheme not in {s.lower() for s in schemes}:
         raise AuthFailure("unsupported_scheme", "unsupported authorization scheme")
-    return scheme, match.group(2)
+    return scheme, credentials

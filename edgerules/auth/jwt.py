@@ -201,6 +201,24 @@ class JwtVerifier:
     def cache_clear(self) -> None:
         self._cache.clear()
 
+    def cached(self, token: str) -> Identity | None:
+        """The identity of a token this verifier accepted before and still vouches for (not expired, keys
+        unchanged), without verifying anything again; None otherwise (then call `verify`)."""
+        if self.problems:
+            return None
+        if self.jwks is not None and self.jwks.version != self._jwks_version:
+            self._cache.clear()  # keys changed (maybe revoked): re-verify everything
+            self._jwks_version = self.jwks.version
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        hit = self._cache.get(digest)
+        if hit is None:
+            return None
+        if hit[1] <= self._now():
+            del self._cache[digest]
+            return None
+        self._cache.move_to_end(digest)
+        return hit[0]
+
     def verify(self, token: str) -> Identity:
         """Return the identity a valid token carries, or raise AuthFailure."""
         if self.problems:
@@ -209,20 +227,14 @@ class JwtVerifier:
             raise AuthFailure("malformed", "token is not text")
         if len(token) > self.config.max_token_length:
             raise AuthFailure("too_long", "token too long")
-        if self.jwks is not None and self.jwks.version != self._jwks_version:
-            self._cache.clear()  # keys changed (maybe revoked): re-verify everything
-            self._jwks_version = self.jwks.version
-        now = self._now()
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        hit = self._cache.get(digest)
+        hit = self.cached(token)
         if hit is not None:
-            if hit[1] > now:
-                self._cache.move_to_end(digest)
-                return hit[0]
-            del self._cache[digest]
+            return hit
+        now = self._now()
         identity, exp = self._verify_cold(token, now)
         until = min(exp, now + CACHE_MAX_AGE) if exp is not None else now + CACHE_MAX_AGE
         if self.config.cache_size > 0 and until > now:
+            digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
             self._cache[digest] = (identity, until)
             while len(self._cache) > self.config.cache_size:
                 self._cache.popitem(last=False)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 
 from edgerules.auth.apikeys import authenticate_api_key
-from edgerules.auth.identity import identity_headers, is_spoofable_header, parse_authorization
+from edgerules.auth.identity import Identity, identity_headers, is_spoofable_header, parse_authorization
 from edgerules.auth.jwt import AuthFailure, JwtConfig, JwtVerifier
 from edgerules.cache import CacheStatus
 from edgerules.engine import cors
@@ -50,6 +50,7 @@ from edgerules.stores.base import StoreUnavailable
 from edgerules.timefmt import utc_iso_millis
 
 _SCHEME_NAMES = {"bearer": "Bearer"}
+_new_tuple = tuple.__new__
 _MEMO_LIMIT = 4096  # per-plan memo tables (header names are client-chosen: bounded)
 
 
@@ -58,6 +59,7 @@ class _Plan:
     immutable; a reload brings a new policy object and so a new plan)."""
 
     __slots__ = (
+        "accepted",
         "answers",
         "auth_rule_notes",
         "cache_notes",
@@ -103,6 +105,8 @@ class _Plan:
         self.located: dict[tuple, tuple[str, float | None, float | None, str]] = {}
         # (kind, reason, extra headers) -> error_answer(policy, ...): answers are immutable values
         self.answers: dict[tuple, Answer] = {}
+        # id(identity) -> (identity, its "accepted" trace entry); the entry keeps the id from being reused
+        self.accepted: dict[int, tuple[Identity, TraceEntry]] = {}
         # The trace entries of rules that matched, which carry nothing request-specific: built once, in the
         # rules' order.
         classify = policy.classify
@@ -171,7 +175,8 @@ class _Run:
         self.facts: tuple = ()
 
     def note(self, phase: str, rule: str, outcome: str, detail: str = "", source: str = "") -> None:
-        self.trace.append(TraceEntry(phase, rule, outcome, detail, source))
+        # tuple.__new__ directly: the named tuple's own __new__ is a Python-level call, for every note
+        self.trace.append(_new_tuple(TraceEntry, (phase, rule, outcome, detail, source)))
 
     def answer(self, answer: Answer) -> Decision:
         self.ctx.error = answer.kind if answer.status >= 400 else None
@@ -466,9 +471,14 @@ async def _authenticate(run: _Run) -> Decision | None:
     if schemes is None:
         ctx.auth_outcome = "public"
         return None
+    values = req.headers.get_all("authorization")
+    identity = _known_bearer(run, auth, schemes, values)
+    if identity is not None:
+        _accepted(run, auth, identity)
+        return None
     try:
-        scheme, credentials = parse_authorization(req.headers.get_all("authorization"))
-        scheme_key = _scheme_key(run, scheme)
+        scheme, credentials = parse_authorization(values)
+        scheme_key = "bearer" if scheme == "bearer" else _scheme_key(run, scheme)  # parse lower-cases it
         if scheme_key is None or scheme_key not in schemes:
             raise AuthFailure("scheme_not_allowed", f"the {scheme} scheme is not accepted here")
         if scheme_key == "bearer":
@@ -490,11 +500,37 @@ async def _authenticate(run: _Run) -> Decision | None:
     except StoreUnavailable as exc:
         ctx.auth_outcome = "failed:store_unavailable"
         return run.fail("auth_unavailable", "auth", f"key store unavailable: {exc}", auth.source)
+    _accepted(run, auth, identity)
+    return None
+
+
+def _known_bearer(run: _Run, auth, schemes: tuple[str, ...], values: list[str]) -> Identity | None:
+    """The fast path for the common case, a `Bearer` token the verifier accepted before: one hash lookup.
+
+    Equivalent to the full path: a cached token passed `parse_authorization` (token68 characters, length)
+    and verification when it was first seen, so `Bearer ` + the same token parses the same way now. Anything
+    else (other spellings, other schemes, unknown tokens) returns None and takes the full path."""
+    if len(values) != 1 or auth.jwt is None or "bearer" not in schemes:
+        return None
+    value = values[0]
+    if not value.startswith("Bearer "):
+        return None
+    return _verifier(run, auth.jwt).cached(value[7:])
+
+
+def _accepted(run: _Run, auth, identity: Identity) -> None:
+    ctx = run.ctx
     ctx.identity = identity
     ctx.auth_outcome = identity.method
-    run.set_headers.extend(identity_headers(identity, run.plan.identity_names, run.state.now()))
-    run.note("auth", identity.method, "accepted", f"user {identity.user}", auth.source)
-    return None
+    plan = run.plan
+    run.set_headers.extend(identity_headers(identity, plan.identity_names, run.state.now()))
+    known = plan.accepted.get(id(identity))  # (identity, its trace entry): the same users come back
+    if known is None or known[0] is not identity:
+        if len(plan.accepted) >= _MEMO_LIMIT:
+            plan.accepted.clear()
+        note = TraceEntry("auth", identity.method, "accepted", f"user {identity.user}", auth.source)
+        known = plan.accepted[id(identity)] = (identity, note)
+    run.trace.append(known[1])
 
 
 def _verifier(run: _Run, config: JwtConfig) -> JwtVerifier:
