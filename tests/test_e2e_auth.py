@@ -6,7 +6,6 @@ proxies. Tests run in file order; the Redis outage test comes last and leaves Re
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -27,12 +26,11 @@ import pytest
 
 from edgerules import cli
 from edgerules.auth.apikeys import ApiKeyStore, generate_key
-from edgerules.policy import load_policy_file
-from edgerules.stores import open_store
 from tests.support.origins import Origins, start_origins
 from tests.support.policies import ENV, JWT_SECRET, write_policy
 from tests.support.proxy import Proxy, Response, http, start_mitmdump
 from tests.support.redis_server import RedisServer, require_redis_server
+from tests.support.shared_store import away_from_window_edge, with_store
 
 pytestmark = pytest.mark.e2e
 
@@ -123,15 +121,11 @@ def new_key(stack: Stack, *extra: str, user: str = "key-user", role: str = "serv
 def add_record(stack: Stack, **kwargs: Any) -> str:
     """A key created directly with ApiKeyStore on the proxies' store (for states the CLI cannot make)."""
 
-    async def go() -> str:
-        store = open_store(load_policy_file(stack.policy, "e2e", environ=ENV).policy.store)
-        try:
-            key, _ = await ApiKeyStore(store).add("expired-user", "service", **kwargs)
-            return key
-        finally:
-            await store.close()
+    async def add(store) -> str:
+        key, _ = await ApiKeyStore(store).add("expired-user", "service", **kwargs)
+        return key
 
-    return asyncio.run(go())
+    return with_store(stack.policy, add)
 
 
 def unique_path() -> str:
@@ -147,13 +141,6 @@ def get(proxy: Proxy, path: str, authorization: str | None = None, extra: Any = 
 
 def seen_headers(response: Response) -> dict[str, str]:
     return {k.lower(): v for k, v in response.json()["headers"].items()}
-
-
-def away_from_window_edge(window: float, margin: float = 3.0) -> None:
-    """Fixed windows are aligned to the clock: start a burst where it cannot straddle two windows."""
-    left = window - time.time() % window
-    if left < margin:
-        time.sleep(left + 0.05)
 
 
 def assert_unauthorized(stack: Stack, response: Response, path: str, reason: str) -> None:
