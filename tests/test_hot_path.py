@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -271,3 +272,48 @@ def test_forward_targets_carry_the_path_and_query_on_each_region():
         r.path + "/api/v1/agents/1?a=1" == t.path
         for r, t in zip(decision.outcome.regions, targets, strict=True)
     )
+
+
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _header_check_field_by_field(pairs, limit):
+    """The straightforward check the one-pass version replaces."""
+    size = 0
+    malformed = None
+    for name, value in pairs:
+        size += len(name) + len(value) + 4
+        if malformed is None and (not _TOKEN_RE.fullmatch(name) or _BAD_VALUE_RE.search(value)):
+            malformed = name
+    if size > limit:
+        return "headers_too_large"
+    return "invalid_header" if malformed is not None else None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    pairs=st.lists(
+        st.tuples(
+            st.text(alphabet="aZ-_:; \t\x00é", max_size=6),
+            st.text(alphabet="ab \t\r\n\x00\x7f\x1féΩ,;=", max_size=12),
+        ),
+        max_size=5,
+    ),
+    limit=st.integers(0, 80),
+)
+def test_header_syntax_check_in_one_pass_equals_field_by_field(pairs, limit):
+    policy = seed_policy()
+    policy = dataclasses.replace(
+        policy, validation=dataclasses.replace(policy.validation, max_header_size=limit)
+    )
+    run = core._Run(request("GET", "/health", pairs), policy, make_state())
+    refusal = core._check_header_syntax(run)
+    got = None if refusal is None else (refusal.context.error, refusal.outcome.status)
+    expected = _header_check_field_by_field(pairs, limit)
+    if expected is None:
+        assert got is None
+    elif expected == "headers_too_large":
+        assert got is not None and got[1] == 431
+    else:
+        assert got is not None and got[1] == 400

@@ -112,8 +112,11 @@ class Target(NamedTuple):
     degraded: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every forwarded request, and frozen fields cost 2x to set
 class Forward:
+    """Where and how the request goes on. Treat it as a value: the runtime derives changed copies with
+    `dataclasses.replace` instead of mutating one."""
+
     regions: tuple[Target, ...]  # failover order; each `path` is the region's base path alone
     path_and_query: str  # the request's normalised path and query, appended to each base path
     set_headers: tuple[tuple[str, str], ...]
