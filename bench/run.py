@@ -227,8 +227,9 @@ def table(engine, runs, mem, mem_addon, args) -> list[Row]:
         Row(
             "addon cache HIT / bare",
             f"{ratio('addon', HIT_PATH):.2f}x",
-            ">= 2x",
-            "/health through each proxy",
+            ">= 1.3x (response-cache issue; the 2x goal is serve's)",
+            "/health through each proxy; mitmdump's own per-flow work (its ~35 default addons, the flow log) is"
+            " most of a HIT's CPU there",
         ),
         Row(
             "serve cache HIT / bare",
