@@ -327,6 +327,45 @@ async def test_diskcache_inline_read_error_falls_back_to_a_worker(tmp_path: Path
         await store.close()
 
 
+@pytest.mark.asyncio
+async def test_diskcache_group_commit_gives_every_write_its_own_result(tmp_path: Path) -> None:
+    """Concurrent writes share transactions (one writer thread), yet each incr returns its own count, a write
+    that fails on its own (a hash operation on a counter) fails alone, and the rest of its batch commits."""
+    store = open_store(StoreConfig(backend="diskcache", path=str(tmp_path / "state")))
+    try:
+        await store.incr("not-a-hash", 1)
+        results = await asyncio.gather(
+            *(store.incr("n", 1, ttl=60) for _ in range(200)),
+            store.hincr("not-a-hash", {"a": 1}),
+            *(store.set(f"k{i}", b"v", ttl=60) for i in range(20)),
+            return_exceptions=True,
+        )
+        counts, failed, sets = results[:200], results[200], results[201:]
+        assert sorted(counts) == list(range(1, 201))  # every increment saw a distinct count
+        assert isinstance(failed, TypeError)
+        assert sets == [None] * 20
+        assert await store.get("n") == b"200"
+        assert [await store.get(f"k{i}") for i in range(20)] == [b"v"] * 20
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_diskcache_failed_transaction_fails_every_write_in_it(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    store = open_store(StoreConfig(backend="diskcache", path=str(state)))
+    try:
+        await store.set("k", b"v")
+        shutil.rmtree(state)
+        state.write_text("a file where the directory was")
+        results = await asyncio.gather(*(store.incr("n", 1) for _ in range(10)), return_exceptions=True)
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        state.unlink()  # usable again: the writer reopens it
+        assert await store.incr("n", 1) == 1
+    finally:
+        await store.close()
+
+
 def _in_forked_child(task: Callable[[], dict[str, object]]) -> dict[str, object]:
     """Run ``task`` in a forked child, unprivileged ("nobody") when we are root: root ignores file modes."""
     read_end, write_end = os.pipe()
