@@ -22,7 +22,7 @@ import re
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,11 +63,15 @@ class RequestRecord:
     response_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # every field is a scalar: a flat dict (dataclasses.asdict deep-copies field by field, per record)
+        return {name: getattr(self, name) for name in _RECORD_FIELDS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RequestRecord:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(RequestRecord))
 
 
 # ----------------------------------------------------------------------------------------------------
