@@ -1,8 +1,9 @@
 """Redis backend: state shared by several proxy instances.
 
-The client is ``redis.asyncio`` with a bounded, blocking connection pool, connect/socket timeouts from the
-config and no retry loop (it would hold the request while Redis is down): idempotent reads and writes get
-one fresh try after a connection error (a pooled socket that died with a restarted server), counters none.
+The client is ``redis.asyncio`` (replies parsed by ``hiredis``, in C) with a bounded, blocking connection pool,
+connect/socket timeouts from the config and no retry loop (it would hold the request while Redis is down):
+idempotent reads and writes get one fresh try after a connection error (a pooled socket that died with a
+restarted server), counters none.
 Connection errors and timeouts become ``StoreUnavailable`` at once; the pool replaces dead connections by
 itself, so calls work again as soon as Redis is back.
 
