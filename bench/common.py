@@ -27,6 +27,7 @@ from tests.support.origins import Origin  # noqa: E402
 from tests.support.policies import ENV, JWT_SECRET, write_policy  # noqa: E402
 from tests.support.processes import VENV_BIN  # noqa: E402
 from tests.support.proxy import Proxy, http, start_command, start_mitmdump  # noqa: E402
+from tests.support.redis_server import RedisServer  # noqa: E402
 from tests.support.shared_store import add_api_key  # noqa: E402
 
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
@@ -39,6 +40,7 @@ __all__ = [
     "REPO",
     "Origin",
     "Proxy",
+    "RedisServer",
     "WrkResult",
     "api_key",
     "bearer_token",

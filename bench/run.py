@@ -5,7 +5,8 @@
 
 Proxies compared (all reverse proxies on 127.0.0.1 in front of the same aiohttp echo origin, started once and
 measured in interleaved rounds so they share the machine's state): bare `mitmdump` (no addon), `mitmdump -s
-addon.py` with the full shipped policy, and `edgerules serve` with the same policy. Targets are reported, never
+addon.py` with the full shipped policy, and `edgerules serve` with the same policy (with a diskcache store, and -
+when `redis-server` is installed - once more with its state in a local Redis). Targets are reported, never
 asserted. Needs `wrk` (the Makefile's system-deps installs it); installs nothing itself.
 """
 
@@ -29,6 +30,7 @@ import bench_engine
 from common import (
     REPO,
     Proxy,
+    RedisServer,
     WrkResult,
     api_key,
     bearer_token,
@@ -154,18 +156,27 @@ def main() -> int:
 
     origin = start_origin()
     started: list[Proxy] = []
+    redis = RedisServer() if shutil.which("redis-server") else None
     try:
         with tempfile.TemporaryDirectory(prefix="edgerules-bench-") as tmp:
             tmpdir = Path(tmp)
-            (tmpdir / "addon").mkdir()
-            (tmpdir / "serve").mkdir()
+            for name in ("addon", "serve", "serve_redis"):
+                (tmpdir / name).mkdir()
             proxies: dict[str, Proxy] = {}
             policies = {name: edge_policy(tmpdir / name, origin) for name in ("addon", "serve")}
-            for name, start in (
+            starts = [
                 ("bare", lambda: start_bare(origin)),
                 ("addon", lambda: start_edge_addon(policies["addon"])),
                 ("serve", lambda: start_edge_serve(policies["serve"])),
-            ):
+            ]
+            if redis is not None:  # the scale-out setup: the same policy with its state in Redis
+                redis.start()
+                store = {"backend": "redis", "url": redis.url, "prefix": "bench:", "timeout": "2s"}
+                policies["serve_redis"] = edge_policy(tmpdir / "serve_redis", origin, {"store": store})
+                starts.append(("serve_redis", lambda: start_edge_serve(policies["serve_redis"])))
+            else:
+                print("redis-server not found: no Redis-store figures", file=sys.stderr)
+            for name, start in starts:
                 proxies[name] = start()
                 started.append(proxies[name])
             auth_headers = {"Authorization": f"Bearer {bearer_token()}", "CF-IPCountry": "US"}
@@ -194,6 +205,8 @@ def main() -> int:
     finally:
         for proxy in started:
             proxy.stop()
+        if redis is not None:
+            redis.stop()
         origin.stop()
 
     extra = others(args.skip_others, began + 570)
@@ -218,8 +231,11 @@ def table(engine, runs, mem, mem_addon, args) -> list[Row]:
             ("bare", "bare mitmdump"),
             ("addon", "mitmdump -s addon.py"),
             ("serve", "edgerules serve"),
+            ("serve_redis", "edgerules serve, Redis store"),
         ):
-            rs = runs[(name, scenario)]
+            rs = runs.get((name, scenario))
+            if rs is None:  # no redis-server here
+                continue
             rows.append(
                 Row(
                     f"{title}: {label}",
@@ -259,6 +275,17 @@ def table(engine, runs, mem, mem_addon, args) -> list[Row]:
             "/health through each proxy",
         ),
     ]
+    if ("serve_redis", "jwt") in runs:
+        rows += [
+            Row(
+                f"serve with a Redis store / bare ({scenario} path)",
+                f"{ratio('serve_redis', scenario):.2f}x",
+                "",
+                "ratio of median req/s; the shared state of several instances (cache entries, key records, "
+                "counters) in one local redis-server",
+            )
+            for scenario in SCENARIOS
+        ]
     mix = engine["mix"]
     for key, label in (("cached_jwt", "cached JWT"), ("cold_jwt", "cold JWT (every token verified)")):
         s = mix[key]
@@ -334,9 +361,11 @@ def render(rows: list[Row], extra: list[tuple[str, str]], args, elapsed: float) 
         "Setup: one aiohttp echo origin (`examples/origin.py`) behind every region of the shipped policy "
         "(`tests/support/policies.py` e2e environment: diskcache store, health probes every 2 s). The JWT path "
         "runs authentication, validation, classification, routing, request and response header rules, a "
-        "cache lookup (no rule matches: MISS path) and metrics recording; the addon makes the upstream request "
+        "cache lookup (no rule matches: MISS path) and metrics recording; the API-key path also reads the key's "
+        "record and increments its per-key counter in the store; the addon makes the upstream request "
         "itself (its own HTTP/1.1 client) while bare mitmdump forwards natively. Bare mitmdump and `mitmdump -s addon.py` "
-        "run with their default flow log (`flow_detail=1`); `edgerules serve` has no flow dumper.",
+        "run with their default flow log (`flow_detail=1`); `edgerules serve` has no flow dumper. The Redis "
+        "figures use one local `redis-server` on the same two CPUs.",
     ]
     for name, text in extra:
         lines += ["", f"## {name}", "", "```", text, "```"]
