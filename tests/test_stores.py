@@ -305,7 +305,7 @@ async def test_diskcache_reads_inline_and_see_other_writers(tmp_path: Path) -> N
 
 @pytest.mark.asyncio
 async def test_diskcache_inline_read_error_falls_back_to_a_worker(tmp_path: Path) -> None:
-    """An inline read that fails (a lock held past INLINE_READ_TIMEOUT: in WAL mode SQLite cannot be made to
+    """An inline read that fails (a lock held past INLINE_LOCK_TIMEOUT: in WAL mode SQLite cannot be made to
     do that on demand, so the handle is made to fail) is not an outage: a worker reads with the full busy
     timeout, and only the worker's verdict decides whether the store is unavailable."""
     import sqlite3
@@ -362,6 +362,54 @@ async def test_diskcache_failed_transaction_fails_every_write_in_it(tmp_path: Pa
         assert all(isinstance(r, StoreUnavailable) for r in results), results
         state.unlink()  # usable again: the writer reopens it
         assert await store.incr("n", 1) == 1
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_diskcache_counters_commit_inline_and_wait_for_a_writer_in_a_worker(tmp_path: Path) -> None:
+    """Counters commit on the event loop once the inline handle is open; while another process holds SQLite's
+    write lock they move to the writer thread, which waits for it, and the loop keeps running meanwhile."""
+    import sqlite3
+
+    from diskcache.core import DBNAME
+
+    state = tmp_path / "state"
+    store = open_store(StoreConfig(backend="diskcache", path=str(state)))
+    try:
+        assert await store.incr("n", 1, ttl=60) == 1  # through the writer thread: it opens the inline handle
+        handed: list[int] = []
+        to_writer = store._to_writer  # type: ignore[attr-defined]
+
+        def counting(loop, writes):
+            handed.append(len(writes))
+            to_writer(loop, writes)
+
+        store._to_writer = counting  # type: ignore[attr-defined]
+        assert await asyncio.gather(*(store.incr("n", 1) for _ in range(5))) == [2, 3, 4, 5, 6]
+        assert handed == []  # committed inline, in one transaction of one loop turn
+        handle = store._inline_reader()  # type: ignore[attr-defined]
+        assert handle._con.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # a worker checkpoints
+
+        locker = sqlite3.connect(state / DBNAME, isolation_level=None, timeout=5)
+        locker.execute("BEGIN IMMEDIATE")  # another process's write transaction
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticking = asyncio.create_task(ticker())
+        counted = asyncio.create_task(store.incr("n", 1))
+        await asyncio.sleep(0.3)
+        assert not counted.done() and handed == [1]  # handed over, waiting for the lock in the writer
+        assert ticks >= 10  # and the event loop went on meanwhile
+        locker.execute("COMMIT")
+        locker.close()
+        assert await asyncio.wait_for(counted, 5) == 7
+        ticking.cancel()
     finally:
         await store.close()
 
