@@ -336,7 +336,10 @@ class _Pending:
 
 
 class MetricsRecorder:
-    RAW_BATCH = 5000
+    RAW_BATCH = 5000  # raw records per stored key
+    # A flush runs on the event loop: it folds and encodes this many records at a time, then lets requests
+    # run (2,000 records in one go held the loop ~13 ms, which showed in every p99).
+    SLICE = 250
 
     def __init__(
         self,
@@ -391,11 +394,13 @@ class MetricsRecorder:
 
     # -- background --
 
-    def _fold(self) -> None:
-        """Move the buffer into the pending rollups (exact counts) and raw batches (bounded)."""
+    def _fold(self, limit: int | None = None) -> None:
+        """Move the buffer (or its oldest `limit` records) into the pending rollups (exact counts) and raw
+        batches (bounded)."""
         by_hour: dict[int, list[RequestRecord]] = {}
-        while self._buffer:
-            rec = self._buffer.popleft()
+        buffer = self._buffer
+        for _ in range(len(buffer) if limit is None else min(limit, len(buffer))):
+            rec = buffer.popleft()
             by_hour.setdefault(int(rec.timestamp // HOUR), []).append(rec)
         pending = self._pending
         for hour, recs in by_hour.items():
@@ -421,7 +426,9 @@ class MetricsRecorder:
     async def flush(self) -> bool:
         """Write everything buffered. False (work kept for the next flush) if the store failed."""
         async with self._lock:
-            self._fold()
+            while self._buffer:  # what arrives meanwhile is folded too, one slice at a time
+                self._fold(self.SLICE)
+                await asyncio.sleep(0)
             pending = self._pending
             oldest_useful = int((self._now() - self.config.rollup_retention) // HOUR)
             try:
@@ -438,7 +445,7 @@ class MetricsRecorder:
                     while batch:
                         chunk = batch[: self.RAW_BATCH]
                         if hour >= oldest_raw:
-                            body = json.dumps([r.to_dict() for r in chunk], separators=(",", ":")).encode()
+                            body = await self._encode(chunk)
                             key = f"raw:{hour}:{self.instance_id}:{self._seq}"
                             await self.store.set(key, body, ttl=self.config.raw_retention)
                             self._seq += 1
@@ -449,6 +456,17 @@ class MetricsRecorder:
                 self.flush_failures += 1
                 return False
             return True
+
+    async def _encode(self, records: list[RequestRecord]) -> bytes:
+        """The JSON array of `records`, encoded a slice at a time with the event loop free in between."""
+        parts = []
+        for start in range(0, len(records), self.SLICE):
+            encoded = (
+                json.dumps(r.to_dict(), separators=(",", ":")) for r in records[start : start + self.SLICE]
+            )
+            parts.append(",".join(encoded))
+            await asyncio.sleep(0)
+        return ("[" + ",".join(parts) + "]").encode()
 
     async def run(self) -> None:
         """Flush every `flush_interval` until cancelled; a failing store is retried on the next tick."""

@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -559,3 +560,34 @@ def test_access_log_never_contains_credentials() -> None:
     assert data["path"] == "/api/v1/agents?id=7&api_key=[redacted]&token=[redacted]"
     assert data["principal"] == "user-42" and data["error"] == "auth:expired" and data["status"] == 200
     assert data["time"].startswith("2024-05-01T00:00:10")
+
+
+def test_flush_lets_requests_run_between_slices():
+    """A flush folds and encodes a slice of records at a time: other coroutines (requests) run in between,
+    instead of waiting for the whole second's worth of records."""
+
+    async def scenario() -> tuple[int, int]:
+        recorder = MetricsRecorder(MemoryStore(), MetricsConfig(), instance_id="1", regions=["us-east-1"])
+        now = time.time()
+        for _ in range(MetricsRecorder.SLICE * 4):
+            recorder.record(
+                RequestRecord(now, 3.0, 1.0, "us-east-1", "MISS", "US", "api", 200, "GET", "api", None, 10)
+            )
+        ran = 0
+
+        async def other_work() -> None:
+            nonlocal ran
+            while True:
+                ran += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(other_work())
+        await asyncio.sleep(0)
+        before = ran
+        assert await recorder.flush()
+        task.cancel()
+        return ran - before, recorder.buffered
+
+    interleaved, left = asyncio.run(scenario())
+    assert interleaved >= 4  # folding 4 slices and encoding 4 more yielded at least once each
+    assert left == 0
