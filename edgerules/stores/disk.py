@@ -52,13 +52,13 @@ SQLITE_BUSY_TIMEOUT = 2.0
 MAX_BATCH = 128
 # The inline handle never checkpoints; a worker does, after this many inline commits.
 CHECKPOINT_EVERY = 200
-
-type _Write = tuple[Callable[[diskcache.Cache], Any], asyncio.Future[Any]]
-type _Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
 # The longest an inline read or counter commit may hold the event loop waiting for a lock before the work
 # moves to a worker thread.
 INLINE_LOCK_TIMEOUT = 0.001
 _DISK_ERRORS = (sqlite3.Error, OSError, diskcache.Timeout)
+
+type _Write = tuple[Callable[[diskcache.Cache], Any], asyncio.Future[Any]]  # the write, who waits for it
+type _Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]  # who waits, result, error
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -88,7 +88,7 @@ class DiskStore:
         self._draining = False
         # Counter writes of the current event-loop turn, committed inline (see `_count`).
         self._inline_queue: list[_Write] = []
-        self._inline_tuned = False
+        self._inline_tuned: diskcache.Cache | None = None  # the inline handle told not to checkpoint
         self._inline_commits = 0
         self._closed = False
 
@@ -166,10 +166,10 @@ class DiskStore:
             self._to_writer(loop, batch)
             return
         try:
-            if not self._inline_tuned:
+            if self._inline_tuned is not handle:  # a new handle after the directory was replaced, too
                 # Never checkpoint (copy the WAL back and fsync) on the event loop: a worker does it.
                 handle.reset("sqlite_wal_autocheckpoint", 0, update=False)
-                self._inline_tuned = True
+                self._inline_tuned = handle
             outcomes = _apply(handle, batch)
         except _DISK_ERRORS:  # a writer holds the lock (or worse): the writer thread waits properly
             self._to_writer(loop, batch)
@@ -220,19 +220,21 @@ class DiskStore:
         return reader
 
     def _open_reader(self, cache: diskcache.Cache) -> None:
-        """Runs in a worker after a successful pool read: (re)open the inline handle on the same file."""
-        identity = self._identity
-        if self._reader is not None and self._reader_identity == identity:
-            return
-        stale, self._reader = self._reader, None
-        if stale is not None:
-            with contextlib.suppress(*_DISK_ERRORS):
-                stale.close()
-        try:  # opening writes diskcache's settings: under a writer's lock, try again after the next read
-            self._reader = diskcache.Cache(self._path, timeout=INLINE_LOCK_TIMEOUT)
-        except _DISK_ERRORS:
-            return
-        self._reader_identity = identity
+        """Runs in a worker after a successful pool read or write batch: (re)open the inline handle on the
+        same file (under the open lock: the pool and the writer thread may both get here)."""
+        with self._open_lock:
+            identity = self._identity
+            if self._reader is not None and self._reader_identity == identity:
+                return
+            stale, self._reader = self._reader, None
+            if stale is not None:
+                with contextlib.suppress(*_DISK_ERRORS):
+                    stale.close()
+            try:  # opening writes diskcache's settings: under a writer's lock, try again next time
+                self._reader = diskcache.Cache(self._path, timeout=INLINE_LOCK_TIMEOUT)
+            except _DISK_ERRORS:
+                return
+            self._reader_identity = identity
 
     async def _read(self, key: str) -> object:
         full = self._prefix + key
