@@ -29,6 +29,7 @@ from tests.support.ports import free_port
 from tests.support.processes import VENV_BIN
 from tests.support.proxy import Proxy, Response, http, start_mitmdump
 from tests.support.redis_server import RedisServer, require_redis_server
+from tests.support.shared_store import poll_until
 
 pytestmark = pytest.mark.e2e
 
@@ -50,12 +51,7 @@ def origin_hits(origins: Origins, path: str) -> int:
 
 def poll_hit(send: Callable[[], Response], timeout: float = POLL_SECONDS) -> Response:
     """Repeat ``send`` until the answer is a cache HIT (or ``timeout`` passes); the last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        response = send()
-        if response.headers.get(STATUS) == "HIT" or time.monotonic() > deadline:
-            return response
-        time.sleep(0.05)
+    return poll_until(send, lambda response: response.headers.get(STATUS) == "HIT", timeout)
 
 
 def start_edge(policy_path, env=ENV) -> Proxy:

@@ -12,6 +12,7 @@ from tests.support.origins import start_origins
 from tests.support.policies import ENV, bearer, write_policy
 from tests.support.processes import ProcessError
 from tests.support.proxy import http, start_mitmdump
+from tests.support.shared_store import poll_until
 
 pytestmark = pytest.mark.e2e
 
@@ -144,7 +145,13 @@ def test_preflight_is_answered_at_the_edge(edge):
 def test_health_is_cached_second_time(edge):
     proxy, _ = edge
     first = http("GET", f"{proxy.url}/health?probe=cache")
-    second = http("GET", f"{proxy.url}/health?probe=cache")
+    # the entry is stored in the background once the first answer is out: a request right after may
+    # still miss it, one a moment later is a HIT
+    second = poll_until(
+        lambda: http("GET", f"{proxy.url}/health?probe=cache"),
+        lambda r: r.headers.get("CF-Cache-Status") == "HIT",
+        timeout=5,
+    )
     assert first.status == second.status == 200
     assert first.headers["CF-Cache-Status"] in ("MISS", "EXPIRED")
     assert second.headers["CF-Cache-Status"] == "HIT"
