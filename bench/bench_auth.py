@@ -1,6 +1,6 @@
 """Engine decision time (no proxy) with and without authentication; prints median and p99 in microseconds.
 
-    .venv/bin/python bench/bench_auth.py [-n 2000]
+    .venv/bin/python bench/bench_auth.py [-n 5000]
 
 Scenarios, all `GET /api/v1/calls/<id>` through `decide_request` on the shipped policy (env `local`):
 
@@ -178,7 +178,7 @@ def run(n: int) -> list[tuple[str, list[float]]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, default=2000, help="timed decisions per scenario (default 2000)")
+    parser.add_argument("-n", type=int, default=5000, help="timed decisions per scenario (default 5000)")
     args = parser.parse_args()
     results = run(max(1, args.n))
     base = statistics.median(results[0][1])

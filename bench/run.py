@@ -157,8 +157,10 @@ def main() -> int:
     origin = start_origin()
     started: list[Proxy] = []
     redis = RedisServer() if shutil.which("redis-server") else None
+    # The proxies write their stores below this directory: they are stopped before it is removed.
+    workdir = tempfile.TemporaryDirectory(prefix="edgerules-bench-", ignore_cleanup_errors=True)
     try:
-        with tempfile.TemporaryDirectory(prefix="edgerules-bench-") as tmp:
+        with workdir as tmp:
             tmpdir = Path(tmp)
             for name in ("addon", "serve", "serve_redis"):
                 (tmpdir / name).mkdir()
@@ -202,9 +204,11 @@ def main() -> int:
             mem = memory(proxies["serve"], tmpdir, args.memory_requests, args.connections)
             print("memory of mitmdump -s addon.py over 5000 requests ...", flush=True)
             mem_addon = memory(proxies["addon"], tmpdir, 5000, args.connections)
+            for proxy in started:
+                proxy.stop()
     finally:
         for proxy in started:
-            proxy.stop()
+            proxy.stop()  # again on an error: stopping a stopped process is a no-op
         if redis is not None:
             redis.stop()
         origin.stop()
