@@ -28,8 +28,8 @@ from tests.support.policies import bearer as support_bearer
 from tests.support.ports import free_port
 from tests.support.processes import VENV_BIN
 from tests.support.proxy import Proxy, Response, http, start_mitmdump
-from tests.support.redis_server import RedisServer, require_redis_server
 from tests.support.shared_store import poll_until
+from tests.support.shared_store import redis_edges as shared_redis_edges
 
 pytestmark = pytest.mark.e2e
 
@@ -363,23 +363,14 @@ def test_cli_cache_purge_reports_an_unreachable_store(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def redis_edges(tmp_path_factory):
-    require_redis_server()
-    origins = start_origins(list(REGIONS))
-    redis = RedisServer()
-    proxies: list[Proxy] = []
-    try:
-        redis.start()
-        directory = tmp_path_factory.mktemp("cache-redis")
-        overlay = {**CACHE_OVERLAY, "store": {"backend": "redis", "url": redis.url}}
-        policy = write_policy(directory, {name: o.port for name, o in origins.items()}, overlay)
-        proxies.append(start_edge(policy))
-        proxies.append(start_edge(policy))
+    directory = tmp_path_factory.mktemp("cache-redis")
+    with shared_redis_edges(directory, REGIONS, "e2e-cache:", start_edge, 2, CACHE_OVERLAY) as (
+        origins,
+        redis,
+        _policy,
+        proxies,
+    ):
         yield proxies, origins, redis
-    finally:
-        for proxy in proxies:
-            proxy.stop()
-        redis.stop()
-        origins.stop_all()
 
 
 def test_entry_stored_through_one_instance_is_a_hit_through_another(redis_edges):

@@ -28,6 +28,7 @@ from edgerules.prometheus import EdgeMetrics, Registry, format_value
 from edgerules.stores import StoreConfig, open_store
 from edgerules.stores.base import StoreUnavailable
 from edgerules.stores.memory import MemoryStore
+from tests.support.loop import LoopTicks
 from tests.support.redis_server import RedisServer, redis_server  # noqa: F401  (fixture)
 
 T0 = 1_714_521_600.0  # 2024-05-01 00:00:00 UTC, an hour boundary
@@ -573,20 +574,9 @@ def test_flush_lets_requests_run_between_slices():
             recorder.record(
                 RequestRecord(now, 3.0, 1.0, "us-east-1", "MISS", "US", "api", 200, "GET", "api", None, 10)
             )
-        ran = 0
-
-        async def other_work() -> None:
-            nonlocal ran
-            while True:
-                ran += 1
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(other_work())
-        await asyncio.sleep(0)
-        before = ran
-        assert await recorder.flush()
-        task.cancel()
-        return ran - before, recorder.buffered
+        async with LoopTicks() as ticks:
+            assert await recorder.flush()
+        return ticks.count, recorder.buffered
 
     interleaved, left = asyncio.run(scenario())
     assert interleaved >= 4  # folding 4 slices and encoding 4 more yielded at least once each

@@ -22,6 +22,7 @@ import pytest_asyncio
 
 from edgerules.stores import Store, StoreConfig, StoreUnavailable, open_store
 from edgerules.stores.memory import MemoryStore
+from tests.support.loop import LoopTicks
 from tests.support.redis_server import RedisServer, redis_server  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -393,23 +394,14 @@ async def test_diskcache_counters_commit_inline_and_wait_for_a_writer_in_a_worke
 
         locker = sqlite3.connect(state / DBNAME, isolation_level=None, timeout=5)
         locker.execute("BEGIN IMMEDIATE")  # another process's write transaction
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.01)
-
-        ticking = asyncio.create_task(ticker())
-        counted = asyncio.create_task(store.incr("n", 1))
-        await asyncio.sleep(0.3)
-        assert not counted.done() and handed == [1]  # handed over, waiting for the lock in the writer
-        assert ticks >= 10  # and the event loop went on meanwhile
+        async with LoopTicks(0.01) as ticks:
+            counted = asyncio.create_task(store.incr("n", 1))
+            await asyncio.sleep(0.3)
+            assert not counted.done() and handed == [1]  # handed over, waiting for the lock in the writer
+        assert ticks.count >= 10  # and the event loop went on meanwhile
         locker.execute("COMMIT")
         locker.close()
         assert await asyncio.wait_for(counted, 5) == 7
-        ticking.cancel()
     finally:
         await store.close()
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,10 @@ from edgerules.policy import load_policy_file
 from edgerules.stores import open_store
 from edgerules.stores.base import Store
 
-from .policies import ENV
+from .origins import Origins, start_origins
+from .policies import ENV, write_policy
+from .proxy import Proxy
+from .redis_server import RedisServer, require_redis_server
 
 
 def with_store[T](
@@ -99,3 +103,35 @@ def away_from_window_edge(window: float, margin: float = 3.0) -> None:
     left = window - time.time() % window
     if left < margin:
         time.sleep(left + 0.05)
+
+
+@contextmanager
+def redis_edges(
+    directory: Path,
+    regions: Sequence[str],
+    prefix: str,
+    start: Callable[[Path], Proxy],
+    count: int,
+    overlay: Mapping[str, Any] | None = None,
+) -> Iterator[tuple[Origins, RedisServer, Path, list[Proxy]]]:
+    """``count`` proxies (``start(policy)`` each) sharing one real redis-server, in front of one origin per
+    region: (origins, redis, policy, proxies), all stopped on exit. The store timeout is 2 s, not 250 ms: a
+    burst on a CPU-starved CI box can stall a proxy's event loop that long, and Redis would count as down."""
+    require_redis_server()
+    origins = start_origins(list(regions))
+    redis = RedisServer()
+    proxies: list[Proxy] = []
+    try:
+        redis.start()
+        store = {"backend": "redis", "url": redis.url, "prefix": prefix, "timeout": "2s"}
+        policy = write_policy(
+            directory, {name: o.port for name, o in origins.items()}, {**(overlay or {}), "store": store}
+        )
+        # Started from this thread: a child started from a worker thread would die with it (PDEATHSIG).
+        proxies.extend(start(policy) for _ in range(count))
+        yield origins, redis, policy, proxies
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+        redis.stop()
+        origins.stop_all()
