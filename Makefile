@@ -31,6 +31,8 @@ test: venv system-deps
 	$(BIN)/edgerules validate rules/aybiza.yaml examples/minimal.yaml
 	$(BIN)/edgerules test rules/ --coverage
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -p no:cacheprovider
+	# the end-to-end suite again, every edge started as `edgerules serve` instead of `mitmdump -s addon.py`
+	EDGERULES_E2E_RUNNER=serve $(BIN)/python -m pytest -q -m "e2e and not resilience" -n 2 --dist loadfile -p no:cacheprovider
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not e2e and not resilience and not browser" -p no:cacheprovider

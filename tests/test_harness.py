@@ -227,3 +227,34 @@ def test_mitmdump_reverse_proxy_end_to_end(
     with pytest.raises(ProcessLookupError):
         os.killpg(proxy.pid, 0)
     assert "listening at" in proxy.output()
+
+
+def test_the_e2e_runner_switch_starts_edgerules_serve_with_the_same_settings(tmp_path, monkeypatch) -> None:
+    """`EDGERULES_E2E_RUNNER=serve` (the second pass of `make test`) turns every edge the suites start into
+    `edgerules serve` with the same policy, environment, mode and options; bare mitmdump stays mitmdump."""
+    from tests.support.policies import ENV, write_policy
+    from tests.support.proxy import serve_argv
+
+    origins = start_origins(["us-east-1", "us-west-2", "eu-west-1"])
+    try:
+        policy = write_policy(tmp_path, {name: o.port for name, o in origins.items()})
+        options = {"edgerules_policy": str(policy), "edgerules_env": "e2e", "termlog_verbosity": "info"}
+        argv = serve_argv(options, "reverse:http://127.0.0.1:9")
+        assert argv[1:] == [
+            "serve", "--policy", str(policy), "--env", "e2e", "--listen", "127.0.0.1:0",
+            "--mode", "reverse:http://127.0.0.1:9", "--set", "termlog_verbosity=info",
+        ]  # fmt: skip
+        monkeypatch.setenv("EDGERULES_E2E_RUNNER", "serve")
+        proxy = start_mitmdump(options=options, env=ENV)
+        try:
+            assert proxy.process.argv[0].endswith("edgerules") and proxy.process.argv[1] == "serve"
+            assert http("GET", f"{proxy.url}/health", {"CF-IPCountry": "US"}).status == 200
+        finally:
+            proxy.stop()
+        bare = start_mitmdump(addon=None, mode=f"reverse:{origins['us-east-1'].url}")
+        try:
+            assert bare.process.argv[0].endswith("mitmdump")
+        finally:
+            bare.stop()
+    finally:
+        origins.stop_all()

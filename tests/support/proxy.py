@@ -4,6 +4,7 @@ synchronous HTTP clients for talking to it."""
 from __future__ import annotations
 
 import json as jsonlib
+import os
 import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -120,9 +121,33 @@ def start_mitmdump(
     ready_timeout: float = 30.0,
 ) -> Proxy:
     """Start ``mitmdump`` on 127.0.0.1, a free port, ``connection_strategy=lazy``; ``addon`` is relative to
-    the repo root (None: no addon); ``options`` become ``--set k=v`` (bools as true/false)."""
+    the repo root (None: no addon); ``options`` become ``--set k=v`` (bools as true/false).
+
+    With ``EDGERULES_E2E_RUNNER=serve`` in the environment, an edge (``addon.py`` with a policy) is started
+    as ``edgerules serve`` instead, with the same policy, environment, mode and options: the whole
+    end-to-end suite then runs against the lean runner (``make test`` does both)."""
+    edge = addon == "addon.py" and options is not None and "edgerules_policy" in options and not extra_args
+    if edge and os.environ.get(RUNNER_VARIABLE) == "serve":
+        assert options is not None
+        return start_command(serve_argv(options, mode), env=env, ready_timeout=ready_timeout, name="serve")
     argv = mitmdump_argv(addon=addon, options=options, mode=mode, extra_args=extra_args)
     return start_command(argv, env=env, ready_timeout=ready_timeout, name="mitmdump")
+
+
+RUNNER_VARIABLE = "EDGERULES_E2E_RUNNER"
+
+
+def serve_argv(options: Mapping[str, object], mode: str) -> list[str]:
+    """`edgerules serve` with the policy, environment and other options of a mitmdump edge's ``options``."""
+    rest = {k: v for k, v in options.items() if k not in ("edgerules_policy", "edgerules_env")}
+    argv = [str(VENV_BIN / "edgerules"), "serve", "--policy", str(options["edgerules_policy"])]
+    if options.get("edgerules_env"):
+        argv += ["--env", str(options["edgerules_env"])]
+    argv += ["--listen", "127.0.0.1:0", "--mode", mode]
+    for key, value in rest.items():
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        argv += ["--set", f"{key}={text}"]
+    return argv
 
 
 @pytest.fixture
