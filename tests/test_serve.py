@@ -3,7 +3,8 @@
 The key end-to-end scenarios of `test_e2e_edge.py` are imported and run again here against `edgerules serve`:
 the module-scoped ones through this module's `edge` fixture (pytest resolves fixtures in the collecting
 module), the ones that start their own edge through `start_edge`, which the autouse fixture below points at
-`edgerules serve` for the duration of each test. The tests themselves are not copied.
+`edgerules serve` for the duration of each test. The tests themselves are not copied. (`make test` also runs
+the whole end-to-end suite through `edgerules serve`: see `EDGERULES_E2E_RUNNER` in tests/support/proxy.py.)
 """
 
 from __future__ import annotations
