@@ -226,8 +226,8 @@ from edgerules.stores import StoreConfig, open_store
 
 async def main():
     store = open_store(StoreConfig(backend="diskcache", path=sys.argv[1]))
-    for _ in range(500):
-        await store.incr("shared", ttl=600)
+    for _ in range(50):  # ten at a time: one inline transaction each, or the writer thread under contention
+        await asyncio.gather(*(store.incr("shared", ttl=600) for _ in range(10)))
     await store.close()
 
 asyncio.run(main())
