@@ -461,10 +461,8 @@ class MetricsRecorder:
         """The JSON array of `records`, encoded a slice at a time with the event loop free in between."""
         parts = []
         for start in range(0, len(records), self.SLICE):
-            encoded = (
-                json.dumps(r.to_dict(), separators=(",", ":")) for r in records[start : start + self.SLICE]
-            )
-            parts.append(",".join(encoded))
+            dicts = [r.to_dict() for r in records[start : start + self.SLICE]]
+            parts.append(json.dumps(dicts, separators=(",", ":"))[1:-1])  # one encoder pass per slice
             await asyncio.sleep(0)
         return ("[" + ",".join(parts) + "]").encode()
 

@@ -10,6 +10,7 @@ plus `EdgeRules` itself. The behaviour seen by clients is the same as mitmdump's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import os
@@ -74,6 +75,8 @@ class HookTable(addonmanager.AddonManager):
     def __init__(self, master: master.Master) -> None:
         super().__init__(master)
         self._handlers: dict[str, list[list]] = {}
+        # event class -> its argument names: `Hook.args()` asks `dataclasses.fields` again for every event
+        self._arg_names: dict[type, tuple[str, ...]] = {}
 
     def add(self, *addons) -> None:
         self._handlers.clear()
@@ -109,7 +112,10 @@ class HookTable(addonmanager.AddonManager):
             return
         if not handlers:
             return
-        args = event.args()
+        names = self._arg_names.get(type(event))
+        if names is None:
+            names = self._arg_names[type(event)] = tuple(f.name for f in dataclasses.fields(event))
+        args = [getattr(event, name) for name in names]
         for funcs in handlers:
             try:
                 with addonmanager.safecall():
