@@ -17,6 +17,7 @@ from edgerules.admin import handle_admin
 from edgerules.diagnostics import PolicyError
 from edgerules.engine.values import Answer, EdgeRequest, Forward
 from edgerules.flowconv import edge_request
+from edgerules.gctuning import freeze_startup_objects
 from edgerules.runtime import EdgeRuntime, Exchange
 
 log = logging.getLogger("edgerules")
@@ -157,6 +158,7 @@ class EdgeRules:
         if self.runtime is not None and not self._started:
             self._started = True
             await self.runtime.start()
+            freeze_startup_objects()  # mitmdump's long-lived objects too: shorter GC pauses, lower p99
 
     async def done(self) -> None:
         if self.runtime is not None:

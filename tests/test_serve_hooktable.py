@@ -64,3 +64,16 @@ def test_an_error_is_contained_to_its_addon_and_addonhalt_ends_the_chain():
 
     calls = asyncio.run(scenario())
     assert calls == ["fails", "next", "fails", "next", "halts"]
+
+
+def test_startup_objects_are_frozen_out_of_the_collectors_view():
+    import gc
+
+    from edgerules.gctuning import freeze_startup_objects
+
+    before = gc.get_freeze_count()
+    try:
+        freeze_startup_objects()
+        assert gc.get_freeze_count() > before + 1000  # this process's modules and objects, at least
+    finally:
+        gc.unfreeze()
