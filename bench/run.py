@@ -263,7 +263,7 @@ def table(engine, runs, mem, mem_addon, args) -> list[Row]:
             f"{ratio('serve', 'api_key'):.2f}x",
             "",
             "ratio of median req/s; every request reads the key's record and increments its counter in the"
-            " diskcache store (writes group-committed by one writer thread)",
+            " diskcache store (committed on the event loop, one transaction per loop turn)",
         ),
         Row(
             "addon cache HIT / bare",
