@@ -406,6 +406,39 @@ async def test_diskcache_counters_commit_inline_and_wait_for_a_writer_in_a_worke
         await store.close()
 
 
+@pytest.mark.asyncio
+async def test_diskcache_inline_counter_failing_mid_transaction_is_redone_by_the_writer(
+    tmp_path: Path,
+) -> None:
+    """A disk error inside an inline transaction rolls the whole batch back; the writer thread then runs it
+    once (no increment lost or counted twice) and a fresh inline handle takes over afterwards."""
+    import sqlite3
+
+    store = open_store(StoreConfig(backend="diskcache", path=str(tmp_path / "state")))
+    try:
+        assert await store.incr("n", 1) == 1  # opens the inline handle
+        handle = store._inline_reader()  # type: ignore[attr-defined]
+        assert handle is not None
+        real_incr = handle.incr
+        calls = 0
+
+        def flaky_incr(*args, **kwargs):
+            nonlocal calls
+            calls += 1
+            if calls == 2:  # the second write of the batch, after the first one changed the counter
+                raise sqlite3.OperationalError("disk I/O error")
+            return real_incr(*args, **kwargs)
+
+        handle.incr = flaky_incr
+        assert sorted(await asyncio.gather(*(store.incr("n", 1) for _ in range(3)))) == [2, 3, 4]
+        assert store._inline_reader() is not handle  # type: ignore[attr-defined]  # dropped
+        assert await store.get("n") == b"4"
+        assert await store.incr("n", 1) == 5
+        assert store._inline_reader() is not None  # type: ignore[attr-defined]  # a new one took over
+    finally:
+        await store.close()
+
+
 def _in_forked_child(task: Callable[[], dict[str, object]]) -> dict[str, object]:
     """Run ``task`` in a forked child, unprivileged ("nobody") when we are root: root ignores file modes."""
     read_end, write_end = os.pipe()

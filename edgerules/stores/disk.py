@@ -171,13 +171,25 @@ class DiskStore:
                 handle.reset("sqlite_wal_autocheckpoint", 0, update=False)
                 self._inline_tuned = handle
             outcomes = _apply(handle, batch)
-        except _DISK_ERRORS:  # a writer holds the lock (or worse): the writer thread waits properly
+        except diskcache.Timeout:  # another writer holds the lock: the writer thread waits properly
+            self._to_writer(loop, batch)
+            return
+        except _DISK_ERRORS:  # failed inside the transaction or at COMMIT: the writer thread decides
+            self._drop_inline(handle)
             self._to_writer(loop, batch)
             return
         _settle(outcomes)
         self._inline_commits += 1
         if self._inline_commits % CHECKPOINT_EVERY == 0:
             self._pool.submit(self._checkpoint)
+
+    def _drop_inline(self, handle: diskcache.Cache) -> None:
+        """Close the event loop's connection (a transaction left open by a failed COMMIT rolls back with it,
+        instead of holding SQLite's write lock) and let the next worker call open a new handle."""
+        with contextlib.suppress(*_DISK_ERRORS):
+            handle.close()
+        if self._reader is handle:
+            self._reader = None
 
     def _checkpoint(self) -> None:
         """Copy the WAL back into the database without blocking anyone (PASSIVE); the inline handle leaves
