@@ -33,7 +33,7 @@ from json.encoder import encode_basestring_ascii as _json_string
 from typing import Literal
 from urllib.parse import urljoin, urlsplit
 
-from edgerules.engine import values as engine_values
+from edgerules.engine.values import HeaderView
 
 type HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]]
 type VaryValues = tuple[tuple[str, str | None], ...]
@@ -90,39 +90,15 @@ class Freshness(StrEnum):
 # --------------------------------------------------------------------------------------------- headers
 
 
-class HeaderView:
-    """Case-insensitive, multi-valued read view over headers given as a mapping or a list of pairs."""
-
-    __slots__ = ("_fields",)
-
-    def __init__(self, headers: HeaderInput) -> None:
-        if isinstance(headers, engine_values.HeaderView):
-            self._fields = headers._index  # the same index, shared read-only: no second pass over the pairs
-            return
-        pairs = headers.items() if isinstance(headers, Mapping) else headers
-        fields: dict[str, list[str]] = {}
-        for name, value in pairs:
-            fields.setdefault(name.lower(), []).append(value)
-        self._fields = fields
-
-    def getall(self, name: str) -> list[str]:
-        return self._fields.get(name.lower(), [])
-
-    def get(self, name: str) -> str | None:
-        """All values of a field joined with ``", "`` (RFC 9110 5.3), or None when absent."""
-        values = self._fields.get(name.lower())
-        return None if values is None else ", ".join(values)
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._fields
-
-
-def _view(headers: HeaderInput | HeaderView) -> HeaderView:
-    return headers if isinstance(headers, HeaderView) else HeaderView(headers)
+def _view(headers: HeaderInput) -> HeaderView:
+    """The engine's header view (passed through as is), or one over a mapping or a list of pairs."""
+    if isinstance(headers, HeaderView):
+        return headers
+    return HeaderView(headers.items() if isinstance(headers, Mapping) else headers)
 
 
 def _connection_nominated(view: HeaderView) -> set[str]:
-    return {t.strip().lower() for v in view.getall("connection") for t in v.split(",") if t.strip()}
+    return {t.strip().lower() for v in view.get_all("connection") for t in v.split(",") if t.strip()}
 
 
 def _is_hop_by_hop(name: str, nominated: set[str]) -> bool:
@@ -256,7 +232,7 @@ class CacheEntry:
         object.__setattr__(self, "initial_age", _corrected_initial_age(self, view))
 
     def header(self, name: str) -> str | None:
-        return self.view.get(name)
+        return self.view.joined(name)
 
     def to_bytes(self) -> bytes:
         """``ERC1`` + 4-byte big-endian metadata length + JSON metadata + raw body (no base64 overhead)."""
@@ -368,8 +344,8 @@ def storable(
         return False, "status-not-in-rule"
     if body_size > rule.max_body_size:
         return False, "too-large"
-    req_cc = parse_cache_control(req.getall("cache-control"))
-    cc = parse_cache_control(resp.getall("cache-control"))
+    req_cc = parse_cache_control(req.get_all("cache-control"))
+    cc = parse_cache_control(resp.get_all("cache-control"))
     if "no-store" in req_cc:
         return False, "request-no-store"
     if "no-store" in cc and not rule.override_no_store:
@@ -380,7 +356,7 @@ def storable(
         return False, "vary-star"
     if "set-cookie" in resp and not rule.store_set_cookie:
         return False, "set-cookie"
-    ctype = resp.get("content-type")
+    ctype = resp.joined("content-type")
     if media_type(ctype).startswith("audio/"):
         return False, "audio"
     if rule.content_types and not content_type_matches(ctype, rule.content_types):
@@ -401,7 +377,7 @@ def storable(
 
 def has_explicit_freshness(response_headers: HeaderInput) -> bool:
     resp = _view(response_headers)
-    cc = parse_cache_control(resp.getall("cache-control"))
+    cc = parse_cache_control(resp.get_all("cache-control"))
     return "s-maxage" in cc or "max-age" in cc or "expires" in resp
 
 
@@ -413,16 +389,16 @@ def freshness_lifetime(rule: CacheRule, response_headers: HeaderInput, now: floa
     if rule.mode == "fixed":
         return max(float(rule.ttl or 0.0), 0.0)
     resp = _view(response_headers)
-    cc = parse_cache_control(resp.getall("cache-control"))
+    cc = parse_cache_control(resp.get_all("cache-control"))
     for directive in ("s-maxage", "max-age"):
         if directive in cc:
             return float(delta_seconds(cc[directive]) or 0)
-    expires_values = resp.getall("expires")
+    expires_values = resp.get_all("expires")
     if expires_values:
         expires = parse_http_date(expires_values[0]) if len(expires_values) == 1 else None
         if expires is None:
             return 0.0  # invalid Expires (e.g. "0"): already expired
-        date = parse_http_date(resp.get("date"))
+        date = parse_http_date(resp.joined("date"))
         return max(expires - (date if date is not None else now), 0.0)
     return max(float(rule.default_ttl or 0.0), 0.0)
 
@@ -434,12 +410,12 @@ def current_age(entry: CacheEntry, now: float) -> float:
 
 def _corrected_initial_age(entry: CacheEntry, view: HeaderView) -> float:
     age_value = 0
-    for raw in view.getall("age"):
+    for raw in view.get_all("age"):
         parsed = delta_seconds(raw.strip())
         if parsed is not None:
             age_value = parsed
             break
-    date_value = parse_http_date(view.get("date"))
+    date_value = parse_http_date(view.joined("date"))
     if date_value is None:
         date_value = entry.response_time
     apparent_age = max(0.0, entry.response_time - date_value)
@@ -465,7 +441,7 @@ def stale_windows(rule: CacheRule, entry: CacheEntry) -> tuple[float, float]:
     """
     if rule.mode == "fixed":
         return rule.stale_while_revalidate, rule.stale_if_error
-    cc = parse_cache_control(entry.view.getall("cache-control"))
+    cc = parse_cache_control(entry.view.get_all("cache-control"))
     if "must-revalidate" in cc or "proxy-revalidate" in cc:
         return 0.0, 0.0
     implied = "s-maxage" in cc
@@ -490,7 +466,7 @@ def classify(rule: CacheRule, entry: CacheEntry, now: float, request_headers: He
     age = current_age(entry, now)
     lifetime = freshness_lifetime(rule, entry.view, entry.response_time)
     if rule.mode == "origin":
-        cc = parse_cache_control(entry.view.getall("cache-control"))
+        cc = parse_cache_control(entry.view.get_all("cache-control"))
         if "no-cache" in cc:
             return Freshness.MUST_REVALIDATE
         if _request_forces_revalidation(_view(request_headers), age, lifetime):
@@ -509,10 +485,10 @@ def classify(rule: CacheRule, entry: CacheEntry, now: float, request_headers: He
 
 
 def _request_forces_revalidation(req: HeaderView, age: float, lifetime: float) -> bool:
-    cc = parse_cache_control(req.getall("cache-control"))
+    cc = parse_cache_control(req.get_all("cache-control"))
     if "no-cache" in cc:
         return True
-    if not req.getall("cache-control") and "no-cache" in (req.get("pragma") or "").lower():
+    if not req.get_all("cache-control") and "no-cache" in (req.joined("pragma") or "").lower():
         return True
     if "max-age" in cc:
         max_age = delta_seconds(cc["max-age"])
@@ -556,7 +532,7 @@ def _has_validator(entry: CacheEntry) -> bool:
 
 def vary_names(response_headers: HeaderInput) -> tuple[str, ...]:
     """The response's Vary field names, lower-cased, de-duplicated and sorted (``*`` kept)."""
-    names = {t.strip().lower() for v in _view(response_headers).getall("vary") for t in v.split(",")}
+    names = {t.strip().lower() for v in _view(response_headers).get_all("vary") for t in v.split(",")}
     return tuple(sorted(n for n in names if n))
 
 
@@ -568,13 +544,13 @@ def _normalise_field_value(values: list[str]) -> str | None:
 
 def vary_values(names: Iterable[str], request_headers: HeaderInput) -> VaryValues:
     req = _view(request_headers)
-    return tuple((n, _normalise_field_value(req.getall(n))) for n in sorted({n.lower() for n in names}))
+    return tuple((n, _normalise_field_value(req.get_all(n))) for n in sorted({n.lower() for n in names}))
 
 
 def vary_matches(entry: CacheEntry, request_headers: HeaderInput) -> bool:
     """RFC 9111 4.1: the request's (normalised) values of every Vary field equal those stored."""
     req = _view(request_headers)
-    return all(_normalise_field_value(req.getall(n)) == v for n, v in entry.vary)
+    return all(_normalise_field_value(req.get_all(n)) == v for n, v in entry.vary)
 
 
 def variant_key(primary_key: str, vary: VaryValues) -> str:
@@ -598,19 +574,19 @@ def evaluate_conditional(request_headers: HeaderInput, entry: CacheEntry) -> boo
     if not 200 <= entry.status < 300:
         return False
     req, stored = _view(request_headers), entry.view
-    inm = req.get("if-none-match")
+    inm = req.joined("if-none-match")
     if inm is not None:
         if inm.strip() == "*":
             return True
-        stored_etag = _etags(stored.get("etag") or "")
+        stored_etag = _etags(stored.joined("etag") or "")
         if not stored_etag:
             return False
         opaque = stored_etag[0][1]
         return any(tag == opaque for _weak, tag in _etags(inm))
-    ims = parse_http_date(req.get("if-modified-since"))
+    ims = parse_http_date(req.joined("if-modified-since"))
     if ims is None:
         return False
-    last_modified = parse_http_date(stored.get("last-modified")) or parse_http_date(stored.get("date"))
+    last_modified = parse_http_date(stored.joined("last-modified")) or parse_http_date(stored.joined("date"))
     return (last_modified if last_modified is not None else entry.response_time) <= ims
 
 
@@ -636,9 +612,9 @@ def revalidation_headers(entry: CacheEntry) -> dict[str, str]:
     """Validators to send to the origin so it can answer 304 (RFC 9111 4.3.1)."""
     stored = entry.view
     out: dict[str, str] = {}
-    if (etag := stored.get("etag")) is not None:
+    if (etag := stored.joined("etag")) is not None:
         out["If-None-Match"] = etag
-    if (last_modified := stored.get("last-modified")) is not None:
+    if (last_modified := stored.joined("last-modified")) is not None:
         out["If-Modified-Since"] = last_modified
     return out
 
@@ -654,12 +630,12 @@ def merge_304(
     """
     new = _view(response_headers_304)
     stored = entry.view
-    new_etag, old_etag = _etags(new.get("etag") or ""), _etags(stored.get("etag") or "")
+    new_etag, old_etag = _etags(new.joined("etag") or ""), _etags(stored.joined("etag") or "")
     if new_etag:
         if not old_etag or new_etag[0][1] != old_etag[0][1]:
             return None
-    elif (new_lm := new.get("last-modified")) is not None:
-        old_lm = stored.get("last-modified")
+    elif (new_lm := new.joined("last-modified")) is not None:
+        old_lm = stored.joined("last-modified")
         if old_lm is not None and parse_http_date(old_lm) != parse_http_date(new_lm):
             return None
     updates = [
@@ -669,7 +645,7 @@ def merge_304(
     ]
     replaced = {n.lower() for n, _ in updates} | {"age"}
     headers = tuple((n, v) for n, v in entry.headers if n.lower() not in replaced) + tuple(updates)
-    if (age := new.get("age")) is not None:
+    if (age := new.joined("age")) is not None:
         headers += (("Age", age),)
     return replace(entry, headers=headers, request_time=request_time, response_time=response_time)
 
@@ -694,7 +670,7 @@ def invalidation_targets(scheme: str, host: str, path: str, response_headers: He
     base = f"{scheme.lower()}://{host.lower()}{path}"
     out: list[str] = []
     for field_name in ("location", "content-location"):
-        value = resp.get(field_name)
+        value = resp.joined(field_name)
         if not value:
             continue
         target = urlsplit(urljoin(base, value.strip()))
@@ -742,7 +718,7 @@ def effective_principal(principal: str | None, request_headers: HeaderInput) -> 
     if principal is not None:
         return principal
     req = _view(request_headers)
-    credentials = [(n, req.get(n)) for n in ("authorization", "api-key", "x-api-key") if n in req]
+    credentials = [(n, req.joined(n)) for n in ("authorization", "api-key", "x-api-key") if n in req]
     if not credentials:
         return None
     return "credentials:" + json.dumps(credentials, separators=(",", ":"))
@@ -789,7 +765,7 @@ def cache_key(
 def key_header_values(names: Iterable[str], request_headers: HeaderInput) -> dict[str, str | None]:
     """The values of a rule's ``key_headers`` in a request (None when absent), for :func:`cache_key`."""
     req = _view(request_headers)
-    return {n.lower(): req.get(n) for n in names}
+    return {n.lower(): req.joined(n) for n in names}
 
 
 def _path_digest(path: str) -> str:

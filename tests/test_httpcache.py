@@ -724,12 +724,12 @@ def _age_by_the_book(entry: CacheEntry, now: float) -> float:
     """RFC 9111 4.2.3 written out, as the entry's precomputed initial age must reproduce it."""
     view = hc.HeaderView(entry.headers)
     age_value = 0
-    for raw in view.getall("age"):
+    for raw in view.get_all("age"):
         parsed = hc.delta_seconds(raw.strip())
         if parsed is not None:
             age_value = parsed
             break
-    date_value = hc.parse_http_date(view.get("date"))
+    date_value = hc.parse_http_date(view.joined("date"))
     if date_value is None:
         date_value = entry.response_time
     apparent_age = max(0.0, entry.response_time - date_value)

@@ -25,8 +25,14 @@ class HeaderView:
         self._index = index
 
     def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of the field (for fields that must appear once)."""
         values = self._index.get(name.lower())
         return values[0] if values else default
+
+    def joined(self, name: str) -> str | None:
+        """Every value of the field joined with ``", "`` (RFC 9110 5.3), None when absent."""
+        values = self._index.get(name.lower())
+        return None if values is None else ", ".join(values)
 
     def get_all(self, name: str) -> list[str]:
         return list(self._index.get(name.lower(), ()))
