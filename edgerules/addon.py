@@ -266,13 +266,19 @@ class EdgeRules:
             try:
                 self._apply_headers(flow, exchange)
             except Exception:
+                # Its headers are about to leave without the policy's: cut the stream instead.
                 log.exception("edgerules: internal error in responseheaders")
+                if flow.killable:
+                    flow.kill()
 
     def response(self, flow: http.HTTPFlow) -> None:
         try:
             self._finish(flow)
         except Exception:
             log.exception("edgerules: internal error in response")
+            if not flow.metadata.get("edgerules_headers_done"):
+                # never an origin's response without the policy's response headers (security, CORS, cache)
+                self._fail(flow, keep_error=False)
 
     def _apply_headers(self, flow: http.HTTPFlow, exchange: Exchange) -> None:
         assert self.runtime is not None and flow.response is not None
@@ -310,9 +316,10 @@ class EdgeRules:
         if isinstance(outcome, Forward) and outcome.stream:
             runtime.native_failure(exchange, str(flow.error) if flow.error else "error")
 
-    def _fail(self, flow: http.HTTPFlow) -> None:
-        """Fail closed: a generic 500 JSON, never the request forwarded unchecked."""
-        if flow.response is not None and flow.response.status_code >= 400:
+    def _fail(self, flow: http.HTTPFlow, *, keep_error: bool = True) -> None:
+        """Fail closed: a generic 500 JSON, never the request forwarded unchecked. `keep_error`: an error
+        answer already there (the edge's own refusal) stays."""
+        if keep_error and flow.response is not None and flow.response.status_code >= 400:
             return
         runtime = self.runtime
         answer = runtime.internal_error() if runtime is not None else None
