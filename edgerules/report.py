@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from html import escape
 from typing import Literal
@@ -82,6 +82,23 @@ def _period(rollups: Sequence[HourRollup]) -> str:
 # table
 
 
+def _hour_figures(label: str, r: HourRollup, count: Callable[[int], str]) -> list[str]:
+    """One row of the hourly table (text and HTML): label, counts written with `count`, ratios, latencies."""
+    p = r.percentiles()
+    return [
+        label,
+        count(r.requests),
+        count(r.errors),
+        _pct(r.error_ratio),
+        _pct(r.cache_hit_ratio),
+        _ms(r.avg_latency_ms),
+        _ms(p["p50"]),
+        _ms(p["p95"]),
+        _ms(p["p99"]),
+        _top(r.breakdown("region"), r.requests),
+    ]
+
+
 def _table(rollups: Sequence[HourRollup], title: str) -> str:
     header = (
         "hour (UTC)",
@@ -98,19 +115,7 @@ def _table(rollups: Sequence[HourRollup], title: str) -> str:
     rows: list[tuple[str, ...]] = []
 
     def row(label: str, r: HourRollup) -> tuple[str, ...]:
-        p = r.percentiles()
-        return (
-            label,
-            str(r.requests),
-            str(r.errors),
-            _pct(r.error_ratio),
-            _pct(r.cache_hit_ratio),
-            _ms(r.avg_latency_ms),
-            _ms(p["p50"]),
-            _ms(p["p95"]),
-            _ms(p["p99"]),
-            _top(r.breakdown("region"), r.requests),
-        )
+        return tuple(_hour_figures(label, r, str))
 
     for r in rollups:
         rows.append(row(_hour_label(r.hour), r))
@@ -504,24 +509,9 @@ def _html_table(rollups: Sequence[HourRollup], total: HourRollup) -> str:
         "Top regions",
     ]
 
-    def cells(label: str, r: HourRollup, tag: str = "td") -> str:
-        p = r.percentiles()
-        values = [
-            label,
-            f"{r.requests:,}",
-            f"{r.errors:,}",
-            _pct(r.error_ratio),
-            _pct(r.cache_hit_ratio),
-            _ms(r.avg_latency_ms),
-            _ms(p["p50"]),
-            _ms(p["p95"]),
-            _ms(p["p99"]),
-            _top(r.breakdown("region"), r.requests),
-        ]
-        first = (
-            f'<th scope="row">{escape(values[0])}</th>' if tag == "th" else f"<td>{escape(values[0])}</td>"
-        )
-        return "<tr>" + first + "".join(f"<td>{escape(v)}</td>" for v in values[1:]) + "</tr>"
+    def cells(label: str, r: HourRollup) -> str:
+        values = _hour_figures(label, r, lambda n: f"{n:,}")
+        return "<tr>" + "".join(f"<td>{escape(v)}</td>" for v in values) + "</tr>"
 
     body = "\n".join(cells(_hour_label(r.hour), r) for r in rollups)
     return (
