@@ -25,8 +25,7 @@ if str(REPO) not in sys.path:
 
 from tests.support.origins import Origin  # noqa: E402
 from tests.support.policies import ENV, JWT_SECRET, write_policy  # noqa: E402
-from tests.support.processes import VENV_BIN  # noqa: E402
-from tests.support.proxy import Proxy, http, start_command, start_mitmdump  # noqa: E402
+from tests.support.proxy import Proxy, http, start_edge_process, start_mitmdump  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 from tests.support.shared_store import add_api_key  # noqa: E402
 
@@ -78,21 +77,11 @@ def start_bare(origin: Origin) -> Proxy:
 
 def start_edge_addon(policy: Path) -> Proxy:
     """`mitmdump -s addon.py` with the policy, exactly as documented for operators."""
-    return start_mitmdump(options={"edgerules_policy": str(policy), "edgerules_env": "e2e"}, env=ENV)
+    return start_edge_process(policy, environ=ENV)
 
 
 def start_edge_serve(policy: Path) -> Proxy:
-    argv = [
-        str(VENV_BIN / "edgerules"),
-        "serve",
-        "--policy",
-        str(policy),
-        "--env",
-        "e2e",
-        "--listen",
-        "127.0.0.1:0",
-    ]
-    return start_command(argv, env=ENV, name="edgerules-serve")
+    return start_edge_process(policy, environ=ENV, serve=True)
 
 
 # -- /proc ----------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from edgerules import cli
 from edgerules.auth.apikeys import ApiKeyStore, generate_key
 from tests.support.origins import Origins
 from tests.support.policies import ENV, JWT_SECRET
-from tests.support.proxy import Proxy, Response, http, start_mitmdump
+from tests.support.proxy import Proxy, Response, http, start_edge_process
 from tests.support.ratelimits import assert_one_budget
 from tests.support.redis_server import RedisServer
 from tests.support.shared_store import away_from_window_edge, redis_edges, with_store
@@ -56,7 +56,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     def start(policy: Path) -> Proxy:
-        return start_mitmdump(options={"edgerules_policy": str(policy), "edgerules_env": "e2e"}, env=ENV)
+        return start_edge_process(policy, environ=ENV)
 
     with redis_edges(tmp_path_factory.mktemp("auth"), REGIONS, PREFIX, start, 2) as (
         origins,

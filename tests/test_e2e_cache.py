@@ -27,7 +27,7 @@ from tests.support.policies import ENV, JWT_SECRET, ORIGIN_MODE_CACHE_RULES, wri
 from tests.support.policies import bearer as support_bearer
 from tests.support.ports import free_port
 from tests.support.processes import VENV_BIN
-from tests.support.proxy import Proxy, Response, http, start_mitmdump
+from tests.support.proxy import Proxy, Response, http, start_edge_process
 from tests.support.shared_store import poll_until
 from tests.support.shared_store import redis_edges as shared_redis_edges
 
@@ -55,7 +55,7 @@ def poll_hit(send: Callable[[], Response], timeout: float = POLL_SECONDS) -> Res
 
 
 def start_edge(policy_path, env=ENV) -> Proxy:
-    return start_mitmdump(options={"edgerules_policy": str(policy_path), "edgerules_env": "e2e"}, env=env)
+    return start_edge_process(policy_path, environ=env)
 
 
 class Edge:

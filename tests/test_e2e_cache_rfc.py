@@ -20,7 +20,7 @@ import pytest
 from tests.support.origins import Origins, start_origins
 from tests.support.policies import ENV, ORIGIN_MODE_CACHE_RULES, write_policy
 from tests.support.policies import bearer as support_bearer
-from tests.support.proxy import Proxy, Response, http, start_mitmdump
+from tests.support.proxy import Proxy, Response, http, start_edge_process
 
 pytestmark = pytest.mark.e2e
 
@@ -80,7 +80,7 @@ def edge(tmp_path_factory):
     directory = tmp_path_factory.mktemp("cache-rfc")
     policy = write_policy(directory, {name: o.port for name, o in origins.items()}, OVERLAY)
     try:
-        proxy = start_mitmdump(options={"edgerules_policy": str(policy), "edgerules_env": "e2e"}, env=ENV)
+        proxy = start_edge_process(policy, environ=ENV)
     except BaseException:
         origins.stop_all()
         raise

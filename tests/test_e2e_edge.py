@@ -11,7 +11,7 @@ import pytest
 from tests.support.origins import start_origins
 from tests.support.policies import ENV, bearer, write_policy
 from tests.support.processes import ProcessError
-from tests.support.proxy import http, start_mitmdump
+from tests.support.proxy import http, start_edge_process, start_mitmdump
 from tests.support.shared_store import poll_until
 
 pytestmark = pytest.mark.e2e
@@ -27,7 +27,7 @@ def routed_requests(origin) -> int:
 
 def start_edge(tmp_path, origins, overlay=None):
     policy = write_policy(tmp_path, {name: origin.port for name, origin in origins.items()}, overlay)
-    return start_mitmdump(options={"edgerules_policy": str(policy), "edgerules_env": "e2e"}, env=ENV)
+    return start_edge_process(policy, environ=ENV)
 
 
 @pytest.fixture(scope="module")

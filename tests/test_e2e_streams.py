@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.origins import start_origins
 from tests.support.policies import ENV, bearer, write_policy
-from tests.support.proxy import http, start_mitmdump
+from tests.support.proxy import http, start_edge_process
 
 pytestmark = pytest.mark.e2e
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 def edge(tmp_path_factory):
     origins = start_origins(["us-east-1", "us-west-2", "eu-west-1"])
     policy = write_policy(tmp_path_factory.mktemp("streams"), {n: o.port for n, o in origins.items()})
-    proxy = start_mitmdump(options={"edgerules_policy": str(policy), "edgerules_env": "e2e"}, env=ENV)
+    proxy = start_edge_process(policy, environ=ENV)
     try:
         yield proxy, origins
     finally:

@@ -22,8 +22,7 @@ import pytest
 from edgerules.cli import main as cli_main
 from tests.support.origins import Origins
 from tests.support.policies import ENV, ORIGIN_MODE_CACHE_RULES, bearer
-from tests.support.processes import VENV_BIN
-from tests.support.proxy import Proxy, Response, http, start_command
+from tests.support.proxy import Proxy, Response, http, start_edge_process
 from tests.support.ratelimits import assert_one_budget
 from tests.support.redis_server import RedisServer
 from tests.support.shared_store import (
@@ -66,12 +65,11 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    argv = [str(VENV_BIN / "edgerules"), "serve", "--env", "e2e", "--listen", "127.0.0.1:0"]
     names = iter(range(INSTANCES))
 
     def start(policy: Path) -> Proxy:
-        return start_command(
-            [*argv, "--policy", str(policy)], env=SERVE_ENV, name=f"edgerules-serve-{next(names)}"
+        return start_edge_process(
+            policy, environ=SERVE_ENV, serve=True, name=f"edgerules-serve-{next(names)}"
         )
 
     overlay = {"cache": {"rules": ORIGIN_MODE_CACHE_RULES}, "admin": {"allow_cidrs": ["10.99.0.0/16"]}}

@@ -21,6 +21,7 @@ from tests.support.origins import start_origins
 from tests.support.policies import ENV, write_policy
 from tests.support.processes import VENV_BIN, ProcessError
 from tests.support.proxy import Proxy, http, start_command
+from tests.support.proxy import serve_argv as support_serve_argv
 from tests.test_e2e_edge import (  # noqa: F401  (collected here, run against `edgerules serve`)
     test_addon_announces_itself,
     test_admin_status_reports_regions,
@@ -39,7 +40,7 @@ EDGERULES = str(VENV_BIN / "edgerules")
 
 
 def serve_argv(policy, *extra: str) -> list[str]:
-    return [EDGERULES, "serve", "--policy", str(policy), "--env", "e2e", "--listen", "127.0.0.1:0", *extra]
+    return [*support_serve_argv({"edgerules_policy": str(policy), "edgerules_env": "e2e"}), *extra]
 
 
 def start_serve(tmp_path, origins, overlay=None, *extra: str) -> Proxy:

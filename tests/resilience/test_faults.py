@@ -32,8 +32,7 @@ from edgerules.stores import StoreConfig, open_store
 from tests.resilience.load import LoadGenerator, Sample, between, describe, failures, percentile
 from tests.support.origins import Origins, start_origins
 from tests.support.policies import ENV, write_policy
-from tests.support.processes import VENV_BIN
-from tests.support.proxy import Proxy, http, start_command, start_mitmdump
+from tests.support.proxy import Proxy, http, start_edge_process
 from tests.support.redis_server import RedisServer, require_redis_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.resilience]
@@ -96,17 +95,8 @@ def edge_stack(
         policy = write_policy(tmp_path, {name: o.port for name, o in origins.items()}, overlay)
         if before_start is not None:
             before_start(policy)
-        if serve:
-            argv = [str(VENV_BIN / "edgerules"), "serve", "--policy", str(policy), "--env", "e2e"]
-            argv += ["--listen", "127.0.0.1:0"]
-            if reload_interval is not None:
-                argv += ["--set", f"edgerules_reload_interval={reload_interval}"]
-            proxy = start_command(argv, env=ENV, name="edgerules-serve")
-        else:
-            options: dict[str, object] = {"edgerules_policy": str(policy), "edgerules_env": "e2e"}
-            if reload_interval is not None:
-                options["edgerules_reload_interval"] = reload_interval
-            proxy = start_mitmdump(options=options, env=ENV)
+        options = {"edgerules_reload_interval": reload_interval} if reload_interval is not None else None
+        proxy = start_edge_process(policy, environ=ENV, serve=serve, options=options)
         try:
             yield Stack(proxy, origins, policy)
         finally:

@@ -31,8 +31,7 @@ from edgerules.policy import load_policy_file
 from edgerules.stores import open_store
 from tests.support.origins import Origins, start_origins
 from tests.support.policies import ENV, JWT_SECRET, write_policy
-from tests.support.processes import VENV_BIN
-from tests.support.proxy import Proxy, http, http_raw, start_command, start_mitmdump
+from tests.support.proxy import Proxy, http, http_raw, start_edge_process
 from tests.test_e2e_auth import _bad_bearer_tokens
 
 pytestmark = [pytest.mark.e2e, pytest.mark.resilience]
@@ -83,10 +82,7 @@ def origins() -> Iterator[Origins]:
 
 
 def _start(kind: str, policy: Path) -> Proxy:
-    if kind == "mitmdump":
-        return start_mitmdump(options={"edgerules_policy": str(policy), "edgerules_env": "e2e"}, env=ENV)
-    argv = [str(VENV_BIN / "edgerules"), "serve", "--policy", str(policy), "--env", "e2e"]
-    return start_command([*argv, "--listen", "127.0.0.1:0"], env=ENV, name="edgerules-serve")
+    return start_edge_process(policy, environ=ENV, serve=kind == "serve")
 
 
 @pytest.fixture(scope="module", params=["mitmdump", "serve"])

@@ -137,17 +137,37 @@ def start_mitmdump(
 RUNNER_VARIABLE = "EDGERULES_E2E_RUNNER"
 
 
-def serve_argv(options: Mapping[str, object], mode: str) -> list[str]:
-    """`edgerules serve` with the policy, environment and other options of a mitmdump edge's ``options``."""
+def serve_argv(options: Mapping[str, object], mode: str | None = None) -> list[str]:
+    """`edgerules serve` with the policy, environment and other options of a mitmdump edge's ``options``
+    (``mode`` None: serve's own default, reverse to the policy's first region)."""
     rest = {k: v for k, v in options.items() if k not in ("edgerules_policy", "edgerules_env")}
     argv = [str(VENV_BIN / "edgerules"), "serve", "--policy", str(options["edgerules_policy"])]
     if options.get("edgerules_env"):
         argv += ["--env", str(options["edgerules_env"])]
-    argv += ["--listen", "127.0.0.1:0", "--mode", mode]
+    argv += ["--listen", "127.0.0.1:0"]
+    if mode is not None:
+        argv += ["--mode", mode]
     for key, value in rest.items():
         text = ("true" if value else "false") if isinstance(value, bool) else str(value)
         argv += ["--set", f"{key}={text}"]
     return argv
+
+
+def start_edge_process(
+    policy: object,
+    *,
+    environ: Mapping[str, str] | None,
+    serve: bool = False,
+    env_name: str = "e2e",
+    options: Mapping[str, object] | None = None,
+    name: str | None = None,
+) -> Proxy:
+    """The edge on ``policy`` (environment ``env_name``, extra mitmproxy ``options``): ``mitmdump -s addon.py``
+    as operators run it, or with ``serve`` the lean ``edgerules serve``. ``environ`` holds the secrets."""
+    merged = {"edgerules_policy": str(policy), "edgerules_env": env_name, **(options or {})}
+    if serve:
+        return start_command(serve_argv(merged), env=environ, name=name or "edgerules-serve")
+    return start_mitmdump(options=merged, env=environ)
 
 
 @pytest.fixture
