@@ -183,3 +183,17 @@ def test_cli_rejects_bad_input() -> None:
     assert parse_rate_limit("100/1h") == (100, 3600.0)
     with pytest.raises(ValueError):
         run(cmd_keys_add(store, "u", "r", [], None, "0s"))
+
+
+def test_each_stored_version_is_parsed_once_and_an_edit_is_seen_at_once() -> None:
+    store = ApiKeyStore(MemoryStore())
+    key, _ = run(store.add("u1", "svc", ["read"], now=NOW))
+    first = run(authenticate_api_key(store, key, NOW))
+    assert run(authenticate_api_key(store, key, NOW)) is first  # same stored bytes: the same identity
+    name = "apikey:" + hash_key(key)
+    doc = json.loads(run(store.store.get(name)))
+    doc["role"] = "admin"
+    run(store.store.set(name, json.dumps(doc).encode()))
+    edited = run(authenticate_api_key(store, key, NOW))
+    assert edited.role == "admin" and edited is not first
+    assert edited.principal == first.principal == "key:" + hash_key(key)

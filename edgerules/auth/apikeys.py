@@ -172,16 +172,20 @@ class ApiKeyStore:
 
     async def lookup(self, key: str) -> ApiKeyRecord | None:
         """The record for a presented key, None if unknown. Raises MalformedRecord, StoreUnavailable."""
+        return (await self._lookup(key))[0]
+
+    async def _lookup(self, key: str) -> tuple[ApiKeyRecord | None, str]:
+        """(record or None, the key's hash)."""
         if not isinstance(key, str) or not _KEY_FORMAT.fullmatch(key):
-            return None  # cannot be one of ours: no store round trip for garbage
+            return None, ""  # cannot be one of ours: no store round trip for garbage
         digest = hash_key(key)
         data = await self.store.get(self.prefix + digest)
         if data is None:
-            return None
-        record = ApiKeyRecord.from_json(data)
+            return None, digest
+        record = _parsed_record(data)
         if not compare_digest(record.key_id, digest[:12]):
             raise MalformedRecord("record stored under another key's hash")
-        return record
+        return record, digest
 
     async def _find(self, key_id: str) -> tuple[str, ApiKeyRecord] | None:
         if not isinstance(key_id, str) or not _KEY_ID_FORMAT.fullmatch(key_id):
@@ -231,7 +235,7 @@ class ApiKeyStore:
 async def authenticate_api_key(key_store: ApiKeyStore, key: str, now: float) -> Identity:
     """Identity for a presented API key, or AuthFailure. StoreUnavailable propagates (answer 503)."""
     try:
-        record = await key_store.lookup(key)
+        record, digest = await key_store._lookup(key)
     except MalformedRecord:
         raise AuthFailure("malformed_record", "API key record is malformed") from None
     if record is None:
@@ -240,14 +244,43 @@ async def authenticate_api_key(key_store: ApiKeyStore, key: str, now: float) -> 
         raise AuthFailure("inactive", "API key revoked")
     if record.expires_at is not None and record.expires_at <= now:
         raise AuthFailure("expired", "API key expired")
-    return Identity(
+    return _identity_of(record, "key:" + digest)
+
+
+# Parsed records by their exact stored bytes, and identities by record: every request with a key reads its record
+# (so a revocation or an edit anywhere is seen at once) but parses and checks each stored version once, and the
+# same Identity object comes back for the same key (its identity headers are then memoised too). Bounded.
+_MEMO_LIMIT = 4096
+_PARSED: dict[bytes, ApiKeyRecord] = {}
+_IDENTITIES: dict[int, tuple[ApiKeyRecord, Identity]] = {}
+
+
+def _parsed_record(data: bytes) -> ApiKeyRecord:
+    record = _PARSED.get(data)
+    if record is None:
+        record = ApiKeyRecord.from_json(data)  # MalformedRecord is raised, never remembered
+        if len(_PARSED) >= _MEMO_LIMIT:
+            _PARSED.clear()
+        _PARSED[bytes(data)] = record
+    return record
+
+
+def _identity_of(record: ApiKeyRecord, principal: str) -> Identity:
+    known = _IDENTITIES.get(id(record))  # the entry holds the record: its id cannot be reused meanwhile
+    if known is not None and known[0] is record and known[1].principal == principal:
+        return known[1]
+    identity = Identity(
         user=record.user,
         role=record.role,
         permissions=record.permissions,
         method="api_key",
-        principal="key:" + hash_key(key),
+        principal=principal,
         rate_limit=record.rate_limit,
     )
+    if len(_IDENTITIES) >= _MEMO_LIMIT:
+        _IDENTITIES.clear()
+    _IDENTITIES[id(record)] = (record, identity)
+    return identity
 
 
 # --- CLI helpers (the lead wires argparse; each returns the text to print) ---
