@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from edgerules.engine.values import EdgeRequest, HeaderView
+from edgerules.memo import remember
 
 _HOSTS: dict[str, str] = {}  # Host header -> host name (clients send the same few Host values)
 
@@ -18,10 +19,7 @@ def _pretty_host(request: Any) -> str:
         return request.host
     host = _HOSTS.get(authority)
     if host is None:
-        host = request.pretty_host
-        if len(_HOSTS) >= 1024:
-            _HOSTS.clear()
-        _HOSTS[authority] = host
+        host = remember(_HOSTS, authority, request.pretty_host, limit=1024)
     return host
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from mitmproxy import http
 from mitmproxy.test import tflow
 
+from edgerules import memo
 from edgerules.addon import _response, merged_fields
 from edgerules.auth.identity import AuthFailure, Identity, identity_headers
 from edgerules.engine import core
@@ -129,7 +130,7 @@ def test_plan_follows_the_policy_object():
 
 
 def test_identity_headers_are_stripped_and_the_memo_stays_bounded(monkeypatch):
-    monkeypatch.setattr(core, "_MEMO_LIMIT", 3)
+    monkeypatch.setattr(memo, "LIMIT", 3)
     state = make_state()
     for n in range(6):
         headers = {"X-User-Id": "mallory", "x_user_role": "admin", f"X-Other-{n}": "1"}

@@ -25,6 +25,7 @@ from hmac import compare_digest
 from typing import Any
 
 from edgerules.auth.identity import AuthFailure, Identity, valid_identity_fields
+from edgerules.memo import remember
 from edgerules.stores.base import Store
 from edgerules.units import parse_duration
 
@@ -250,7 +251,6 @@ async def authenticate_api_key(key_store: ApiKeyStore, key: str, now: float) -> 
 # Parsed records by their exact stored bytes, and identities by record: every request with a key reads its record
 # (so a revocation or an edit anywhere is seen at once) but parses and checks each stored version once, and the
 # same Identity object comes back for the same key (its identity headers are then memoised too). Bounded.
-_MEMO_LIMIT = 4096
 _PARSED: dict[bytes, ApiKeyRecord] = {}
 _IDENTITIES: dict[int, tuple[ApiKeyRecord, Identity]] = {}
 
@@ -259,9 +259,7 @@ def _parsed_record(data: bytes) -> ApiKeyRecord:
     record = _PARSED.get(data)
     if record is None:
         record = ApiKeyRecord.from_json(data)  # MalformedRecord is raised, never remembered
-        if len(_PARSED) >= _MEMO_LIMIT:
-            _PARSED.clear()
-        _PARSED[bytes(data)] = record
+        remember(_PARSED, bytes(data), record)
     return record
 
 
@@ -277,9 +275,7 @@ def _identity_of(record: ApiKeyRecord, principal: str) -> Identity:
         principal=principal,
         rate_limit=record.rate_limit,
     )
-    if len(_IDENTITIES) >= _MEMO_LIMIT:
-        _IDENTITIES.clear()
-    _IDENTITIES[id(record)] = (record, identity)
+    remember(_IDENTITIES, id(record), (record, identity))
     return identity
 
 

@@ -14,6 +14,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from edgerules.memo import remember
 from edgerules.timefmt import utc_iso_millis
 
 AuthMethod = Literal["jwt", "api_key"]
@@ -170,11 +171,8 @@ def _check(
     permissions = json.dumps(list(identity.permissions), separators=(",", ":"), ensure_ascii=True)
     if len(permissions) > MAX_PERMISSIONS_HEADER:
         raise AuthFailure("bad_claim", "permissions too large for a header")
-    if len(_CHECKED) >= 4096:
-        _CHECKED.clear()
     pairs = ((user_h, identity.user), (role_h, identity.role), (perms_h, permissions))
-    entry = _CHECKED[id(identity)] = (identity, names, pairs, at_h)
-    return entry
+    return remember(_CHECKED, id(identity), (identity, names, pairs, at_h))
 
 
 # RFC 9110 auth-scheme (token) SP token68. Exactly one space, nothing around, no commas (so no

@@ -12,6 +12,7 @@ import functools
 import re
 from collections.abc import Sequence
 
+from edgerules import memo
 from edgerules.auth.apikeys import authenticate_api_key
 from edgerules.auth.identity import Identity, identity_headers, is_spoofable_header, parse_authorization
 from edgerules.auth.jwt import AuthFailure, JwtConfig, JwtVerifier
@@ -43,6 +44,7 @@ from edgerules.httpcache import (
     revalidation_headers,
     stale_if_error_ok,
 )
+from edgerules.memo import remember
 from edgerules.model import Policy
 from edgerules.paths import PathError, normalise_path, split_path
 from edgerules.ratelimit import RateLimitRule
@@ -51,7 +53,6 @@ from edgerules.timefmt import utc_iso_millis
 
 _SCHEME_NAMES = {"bearer": "Bearer"}
 _new_tuple = tuple.__new__
-_MEMO_LIMIT = 4096  # per-plan memo tables (header names are client-chosen: bounded)
 
 
 class _Plan:
@@ -138,10 +139,9 @@ def _plan(policy: Policy) -> _Plan:
     entry = _PLANS.get(id(policy))
     if entry is not None and entry[0] is policy:
         return entry[1]
-    if len(_PLANS) >= 16:  # old policies after reloads, test policies: drop them all, rebuild on demand
-        _PLANS.clear()
     plan = _Plan(policy)
-    _PLANS[id(policy)] = (policy, plan)
+    # old policies after reloads, test policies: few at a time, all dropped when there are many
+    remember(_PLANS, id(policy), (policy, plan), limit=16)
     return plan
 
 
@@ -274,9 +274,7 @@ def _trusted(run: _Run) -> bool:
     client_ip = run.req.client_ip
     trusted = known.get(client_ip)
     if trusted is None:
-        if len(known) >= _MEMO_LIMIT:
-            known.clear()
-        trusted = known[client_ip] = is_trusted(run.policy.geo, client_ip)
+        trusted = remember(known, client_ip, is_trusted(run.policy.geo, client_ip))
     return trusted
 
 
@@ -293,9 +291,7 @@ def _locate(run: _Run) -> tuple[str, float | None, float | None, str]:
     known = run.plan.located
     found = known.get(key)
     if found is None:
-        if len(known) >= _MEMO_LIMIT:
-            known.clear()
-        found = known[key] = locate(geo, req.client_ip, headers, _trusted(run))
+        found = remember(known, key, locate(geo, req.client_ip, headers, _trusted(run)))
     return found
 
 
@@ -306,9 +302,7 @@ def _error_answer(
     key = (kind, reason, headers)
     answer = plan.answers.get(key)
     if answer is None:
-        if len(plan.answers) >= _MEMO_LIMIT:
-            plan.answers.clear()
-        answer = plan.answers[key] = error_answer(policy, kind, headers=headers, reason=reason)
+        answer = remember(plan.answers, key, error_answer(policy, kind, headers=headers, reason=reason))
     return answer
 
 
@@ -318,9 +312,7 @@ def _strip_identity_headers(run: _Run) -> None:
     for name in run.req.headers.names():
         spoofable = known.get(name)
         if spoofable is None:
-            if len(known) >= _MEMO_LIMIT:
-                known.clear()
-            spoofable = known[name] = is_spoofable_header(name, plan.protected)
+            spoofable = remember(known, name, is_spoofable_header(name, plan.protected))
         if spoofable:
             run.remove.append(name)
             run.note("strip", name, "removed", "client-sent identity header")
@@ -532,10 +524,8 @@ def _accepted(run: _Run, auth, identity: Identity) -> None:
     run.set_headers.extend(identity_headers(identity, plan.identity_names, run.state.now()))
     known = plan.accepted.get(id(identity))  # (identity, its trace entry): the same users come back
     if known is None or known[0] is not identity:
-        if len(plan.accepted) >= _MEMO_LIMIT:
-            plan.accepted.clear()
         note = TraceEntry("auth", identity.method, "accepted", f"user {identity.user}", auth.source)
-        known = plan.accepted[id(identity)] = (identity, note)
+        known = remember(plan.accepted, id(identity), (identity, note))
     run.trace.append(known[1])
 
 
@@ -673,7 +663,7 @@ async def _cache_lookup(run: _Run) -> Decision | None:
     return routed
 
 
-@functools.lru_cache(maxsize=_MEMO_LIMIT)
+@functools.lru_cache(maxsize=memo.LIMIT)
 def _cache_key(
     method: str,
     scheme: str,
@@ -763,10 +753,8 @@ def _route_plan(run: _Run) -> RoutePlan:
     key = (ctx.country, ctx.lat, ctx.lon, healthy)
     routes = run.plan.routes
     route = routes.get(key)
-    if route is None:
-        if len(routes) >= _MEMO_LIMIT:  # coordinates come from a header: bounded
-            routes.clear()
-        route = routes[key] = plan_route(run.policy, ctx.country, ctx.lat, ctx.lon, healthy)
+    if route is None:  # coordinates come from a header: the table is bounded
+        route = remember(routes, key, plan_route(run.policy, ctx.country, ctx.lat, ctx.lon, healthy))
     return route
 
 
