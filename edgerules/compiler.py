@@ -37,26 +37,6 @@ LOOPBACK_CIDRS: tuple[model.IPNetwork, ...] = (
     ipaddress.ip_network("::1/128"),
 )
 
-DEFAULT_ERRORS: dict[str, tuple[int, str, int | None]] = {
-    "path_not_allowed": (400, "Invalid API path", None),
-    "invalid_request": (400, "Invalid request format", None),
-    "method_not_allowed": (405, "Method not allowed", None),
-    "content_type_required": (400, "Content-Type header required", None),
-    "unsupported_media_type": (415, "Unsupported media type", None),
-    "payload_too_large": (413, "Request too large", None),
-    "uri_too_long": (414, "URI too long", None),
-    "headers_too_large": (431, "Request header fields too large", None),
-    "unauthorized": (401, "Authentication required", None),
-    "forbidden": (403, "Forbidden", None),
-    "rate_limited": (429, "Rate limit exceeded", None),
-    "upstream_timeout": (504, "Request timeout", None),
-    "upstream_unreachable": (502, "Upstream unreachable", None),
-    "all_regions_down": (503, "Service temporarily unavailable", 30),
-    "auth_unavailable": (503, "Authentication service unavailable", 5),
-    "not_found": (404, "Not found", None),
-    "internal_error": (500, "Internal server error", None),
-}
-
 
 # --------------------------------------------------------------------------------------------- environments
 
@@ -697,16 +677,13 @@ def _cors(ctx: _Ctx, raw: list[Mapping[str, Any]]) -> tuple[model.CorsRule, ...]
 
 def _errors(ctx: _Ctx, raw: Mapping[str, Any]) -> dict[str, model.ErrorAnswer]:
     out = {}
-    for kind in model.ERROR_KINDS:
-        status, message, retry_after = DEFAULT_ERRORS.get(
-            kind, (500, kind.replace("_", " ").capitalize(), None)
-        )
+    for kind, default in model.DEFAULT_ERRORS.items():
         given = raw.get(kind) or {}
         retry = given.get("retry_after")
         out[kind] = model.ErrorAnswer(
-            status=int(given.get("status", status)),
-            message=str(given.get("message", message)),
-            retry_after=int(parse_duration(retry)) if retry is not None else retry_after,
+            status=int(given.get("status", default.status)),
+            message=str(given.get("message", default.message)),
+            retry_after=int(parse_duration(retry)) if retry is not None else default.retry_after,
             headers=_pairs(given.get("headers")),
         )
     return out

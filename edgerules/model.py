@@ -238,25 +238,27 @@ class ErrorAnswer:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-ERROR_KINDS = (
-    "path_not_allowed",
-    "invalid_request",
-    "method_not_allowed",
-    "content_type_required",
-    "unsupported_media_type",
-    "payload_too_large",
-    "uri_too_long",
-    "headers_too_large",
-    "unauthorized",
-    "forbidden",
-    "rate_limited",
-    "upstream_timeout",
-    "upstream_unreachable",
-    "all_regions_down",
-    "auth_unavailable",
-    "not_found",
-    "internal_error",
-)
+# Every kind of answer the edge gives itself, with its default; a policy's `errors` may change each one.
+DEFAULT_ERRORS: dict[str, ErrorAnswer] = {
+    "path_not_allowed": ErrorAnswer(400, "Invalid API path"),
+    "invalid_request": ErrorAnswer(400, "Invalid request format"),
+    "method_not_allowed": ErrorAnswer(405, "Method not allowed"),
+    "content_type_required": ErrorAnswer(400, "Content-Type header required"),
+    "unsupported_media_type": ErrorAnswer(415, "Unsupported media type"),
+    "payload_too_large": ErrorAnswer(413, "Request too large"),
+    "uri_too_long": ErrorAnswer(414, "URI too long"),
+    "headers_too_large": ErrorAnswer(431, "Request header fields too large"),
+    "unauthorized": ErrorAnswer(401, "Authentication required"),
+    "forbidden": ErrorAnswer(403, "Forbidden"),
+    "rate_limited": ErrorAnswer(429, "Rate limit exceeded"),
+    "upstream_timeout": ErrorAnswer(504, "Request timeout"),
+    "upstream_unreachable": ErrorAnswer(502, "Upstream unreachable"),
+    "all_regions_down": ErrorAnswer(503, "Service temporarily unavailable", retry_after=30),
+    "auth_unavailable": ErrorAnswer(503, "Authentication service unavailable", retry_after=5),
+    "not_found": ErrorAnswer(404, "Not found"),
+    "internal_error": ErrorAnswer(500, "Internal server error"),
+}
+ERROR_KINDS = tuple(DEFAULT_ERRORS)
 
 
 @dataclass(frozen=True, slots=True)
