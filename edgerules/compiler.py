@@ -520,6 +520,7 @@ def _rate_limits(
             limit=int(r["limit"]),
             window=parse_duration(r["window"]),
             source=src,
+            on_store_error=r.get("on_store_error", "allow"),
         )
         match = compile_match(r["match"], src) if r.get("match") is not None else None
         out.append((match, rule, bool(r.get("per_key_override", False))))

@@ -255,6 +255,7 @@ DEFAULT_ERRORS: dict[str, ErrorAnswer] = {
     "upstream_unreachable": ErrorAnswer(502, "Upstream unreachable"),
     "all_regions_down": ErrorAnswer(503, "Service temporarily unavailable", retry_after=30),
     "auth_unavailable": ErrorAnswer(503, "Authentication service unavailable", retry_after=5),
+    "limits_unavailable": ErrorAnswer(503, "Rate limiting unavailable", retry_after=5),
     "not_found": ErrorAnswer(404, "Not found"),
     "internal_error": ErrorAnswer(500, "Internal server error"),
 }

@@ -29,6 +29,7 @@ class RateLimitRule:
     limit: int
     window: float  # seconds
     source: str = ""  # file:line of the rule, for traces
+    on_store_error: Literal["allow", "reject"] = "allow"  # the store cannot count: let through, or refuse
 
 
 @dataclass(frozen=True, slots=True)

@@ -589,8 +589,10 @@ async def _rate_limit(run: _Run, limits: list[tuple[RateLimitRule, str, int, flo
         try:
             result = await run.state.limiter.hit(rule.name, subject, limit, window)
         except StoreUnavailable as exc:
-            # Limits are abuse control, not authentication: with the store down they let traffic through
-            # (API keys already failed closed in the auth phase). Counted and traced.
+            if rule.on_store_error == "reject":
+                return run.fail("limits_unavailable", "ratelimit", f"store unavailable: {exc}", rule.source)
+            # By default limits are abuse control, not authentication: with the store down they let traffic
+            # through (API keys already failed closed in the auth phase). Traced.
             run.note("ratelimit", rule.name, "skipped", f"store unavailable: {exc}", rule.source)
             continue
         ctx.rate_limits.append(result)
