@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # python3.12: on PATH (pyenv's shim reads .python-version), else any pyenv-installed 3.12.
 PYTHON312 := $(shell command -v python3.12 2>/dev/null || ls -d $(HOME)/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1)
 
-.PHONY: demo test test-fast test-resilience bench lint format docs system-deps venv clean
+.PHONY: demo test test-fast test-resilience bench conformance lint format docs system-deps venv clean
 
 venv: $(BIN)/.installed
 
@@ -42,6 +42,11 @@ test-resilience: venv system-deps
 
 bench: venv system-deps
 	$(BIN)/python bench/run.py
+
+# The public HTTP caching conformance suite against the edge: CACHE_TESTS=/path/to/cache-tests make conformance
+# (a checkout of github.com/http-tests/cache-tests with `npm install` done; never copied into this repository).
+conformance: venv
+	$(BIN)/python bench/conformance.py --runner $${RUNNER:-serve} --runs $${RUNS:-1}
 
 lint: venv
 	$(BIN)/ruff check .
