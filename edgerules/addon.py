@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net.http import status_codes
@@ -22,7 +23,18 @@ from edgerules.runtime import EdgeRuntime, Exchange
 
 log = logging.getLogger("edgerules")
 
-META = "edgerules"
+META = "edgerules"  # flow.metadata key: plain data only (flows are saved with -w, copied, replayed)
+LIVE_LIMIT = 100_000  # flows in flight the addon remembers at most (a flow that never ends must not leak)
+
+
+@dataclass(slots=True)
+class Live:
+    """What the addon remembers about one flow between its hooks. Live objects (the exchange holds the compiled
+    policy, regex sets, the cache lookup) never go on the flow: mitmproxy copies, pickles and saves flows."""
+
+    exchange: Exchange | None  # None: an admin request
+    request: EdgeRequest | None = None
+    headers_done: bool = False  # the policy's response headers are on flow.response
 
 
 def _response(status: int, headers, body: bytes) -> http.Response:
@@ -115,6 +127,7 @@ class EdgeRules:
     def __init__(self) -> None:
         self.runtime: EdgeRuntime | None = None
         self._started = False
+        self.live: dict[str, Live] = {}  # flow.id -> state; dropped when the flow ends (response, error)
 
     def load(self, loader) -> None:
         loader.add_option("edgerules_policy", str, "", "Path of the edgerules policy file (YAML).")
@@ -182,16 +195,23 @@ class EdgeRules:
             return
         req = _edge_request(flow)
         if runtime.is_admin_path(req.path):
-            flow.metadata[META] = "admin"
+            self._remember(flow, Live(None, req))
             return
         exchange = await runtime.decide(req)
-        flow.metadata[META] = exchange
-        flow.metadata["edgerules_request"] = req
+        self._remember(flow, Live(exchange, req))
         outcome = exchange.decision.outcome
         if isinstance(outcome, Answer):
             flow.response = _response(outcome.status, outcome.headers, outcome.body)
         elif outcome.stream:
             self._forward_natively(flow, outcome)
+
+    def _remember(self, flow: http.HTTPFlow, live: Live) -> None:
+        table = self.live
+        table.pop(flow.id, None)
+        if len(table) >= LIVE_LIMIT:
+            # the oldest entry belongs to a flow that never ended: its hooks fail closed (500) if they come
+            table.pop(next(iter(table)))
+        table[flow.id] = live
 
     def _forward_natively(self, flow: http.HTTPFlow, forward: Forward) -> None:
         """Streams and WebSockets: mitmproxy carries the bytes; we only choose where they go."""
@@ -216,21 +236,19 @@ class EdgeRules:
 
     async def _request(self, flow: http.HTTPFlow) -> None:
         runtime = self.runtime
-        marker = flow.metadata.get(META)
-        if runtime is None or marker is None:
-            if (
-                flow.response is None
-            ):  # never decided (cannot happen today): refuse rather than forward unchecked
+        live = self.live.get(flow.id)
+        if runtime is None or live is None:
+            if flow.response is None:  # never decided (or forgotten): refuse rather than forward unchecked
                 self._fail(flow)
             return
-        if marker == "admin":
+        exchange = live.exchange
+        if exchange is None:  # admin
             req = _edge_request(flow)
             answer = await handle_admin(
                 runtime, req.method, req.path, req.headers, flow.request.raw_content or b"", req.client_ip
             )
             flow.response = _response(answer.status, answer.headers, answer.body)
             return
-        exchange: Exchange = marker
         if flow.response is not None:
             return
         forward = exchange.decision.outcome
@@ -255,16 +273,17 @@ class EdgeRules:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Streamed responses leave before the `response` hook: their headers are decided here."""
-        exchange = flow.metadata.get(META)
+        live = self.live.get(flow.id)
+        exchange = live.exchange if live is not None else None
         if (
-            isinstance(exchange, Exchange)
+            exchange is not None
             and isinstance(exchange.decision.outcome, Forward)
             and exchange.decision.outcome.stream
             and flow.response is not None
         ):
             flow.response.stream = True
             try:
-                self._apply_headers(flow, exchange)
+                self._apply_headers(flow, live, exchange)
             except Exception:
                 # Its headers are about to leave without the policy's: cut the stream instead.
                 log.exception("edgerules: internal error in responseheaders")
@@ -272,32 +291,40 @@ class EdgeRules:
                     flow.kill()
 
     def response(self, flow: http.HTTPFlow) -> None:
+        live = self.live.pop(flow.id, None)  # the flow ends here: forget it whatever happens below
         try:
-            self._finish(flow)
+            self._finish(flow, live)
         except Exception:
             log.exception("edgerules: internal error in response")
-            if not flow.metadata.get("edgerules_headers_done"):
+            if live is None or not live.headers_done:
                 # never an origin's response without the policy's response headers (security, CORS, cache)
                 self._fail(flow, keep_error=False)
 
-    def _apply_headers(self, flow: http.HTTPFlow, exchange: Exchange) -> None:
+    def _apply_headers(self, flow: http.HTTPFlow, live: Live, exchange: Exchange) -> None:
         assert self.runtime is not None and flow.response is not None
         response = flow.response
         to_set, to_remove = self.runtime.finish(
             exchange, response.status_code, response.headers.items(multi=True)
         )
         response.headers.fields = merged_fields(response.headers.fields, to_set, to_remove)
-        flow.metadata["edgerules_headers_done"] = True
+        live.headers_done = True
 
-    def _finish(self, flow: http.HTTPFlow) -> None:
+    def _finish(self, flow: http.HTTPFlow, live: Live | None) -> None:
         runtime = self.runtime
-        exchange = flow.metadata.get(META)
-        if runtime is None or not isinstance(exchange, Exchange) or flow.response is None:
+        if runtime is None or flow.response is None:
             return
-        if not flow.metadata.get("edgerules_headers_done"):
-            self._apply_headers(flow, exchange)
+        if live is None:
+            if META not in flow.metadata:  # not the edge's own error answer
+                # decided by no one (or its state was dropped): never let an origin's answer out unchecked
+                raise RuntimeError("a flow reached the response phase without a decision")
+            return
+        exchange = live.exchange
+        if exchange is None:  # admin
+            return
+        if not live.headers_done:
+            self._apply_headers(flow, live, exchange)
         response = flow.response
-        req = flow.metadata.get("edgerules_request")
+        req = live.request
         if req is not None:
             runtime.record(exchange, req, response.status_code)
             runtime.after_response(
@@ -305,9 +332,10 @@ class EdgeRules:
             )
 
     def error(self, flow: http.HTTPFlow) -> None:
-        exchange = flow.metadata.get(META)
+        live = self.live.pop(flow.id, None)  # the flow ends here (errors, kills)
+        exchange = live.exchange if live is not None else None
         runtime = self.runtime
-        if runtime is None or not isinstance(exchange, Exchange):
+        if runtime is None or exchange is None:
             return
         outcome = exchange.decision.outcome
         # Only streams and WebSockets reach the origin through mitmproxy. For any other flow the addon calls the
@@ -319,6 +347,7 @@ class EdgeRules:
     def _fail(self, flow: http.HTTPFlow, *, keep_error: bool = True) -> None:
         """Fail closed: a generic 500 JSON, never the request forwarded unchecked. `keep_error`: an error
         answer already there (the edge's own refusal) stays."""
+        flow.metadata.setdefault(META, {"error": "internal_error"})
         if keep_error and flow.response is not None and flow.response.status_code >= 400:
             return
         runtime = self.runtime

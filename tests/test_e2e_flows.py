@@ -1,0 +1,77 @@
+"""The edge's flows stay plain mitmproxy flows: `mitmdump -s addon.py -w FILE` records every flow the edge handled
+(the ones it answered itself too), mitmproxy's `FlowReader` reads them back, and `edgerules replay` reads the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mitmproxy import http as mhttp
+from mitmproxy import io
+
+from tests.support.origins import start_origins
+from tests.support.policies import ENV, bearer, write_policy
+from tests.support.proxy import http, start_mitmdump
+
+pytestmark = pytest.mark.e2e
+
+REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
+
+# (method, path, headers, status the edge answers)
+REQUESTS = [
+    ("GET", "/health", {"CF-IPCountry": "US"}, 200),  # forwarded
+    ("GET", "/api/v1/calls/1", {"CF-IPCountry": "GB", **bearer("alice")}, 200),  # forwarded, authenticated
+    ("GET", "/api/v1/calls/2", {"CF-IPCountry": "US"}, 401),  # refused by the edge
+    ("GET", "/admin/secrets", {"CF-IPCountry": "US"}, 400),  # refused by the edge
+    ("GET", "/__edgerules/health", {}, 200),  # admin endpoint
+]
+
+
+def read_flows(path: Path) -> list[mhttp.HTTPFlow]:
+    with open(path, "rb") as handle:
+        return list(io.FlowReader(handle).stream())
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """The edge under `mitmdump -w`, the requests above sent through it; the file once mitmdump stopped."""
+    directory = tmp_path_factory.mktemp("record")
+    origins = start_origins(list(REGIONS))
+    out = directory / "recorded.flows"
+    try:
+        policy = write_policy(directory, {name: origin.port for name, origin in origins.items()})
+        options = {"edgerules_policy": str(policy), "edgerules_env": "e2e"}
+        proxy = start_mitmdump(options=options, env=ENV, extra_args=["-w", str(out)])
+        try:
+            statuses = [http(m, proxy.url + path, headers).status for m, path, headers, _ in REQUESTS]
+        finally:
+            proxy.stop()
+        yield out, statuses, proxy.output(), policy
+    finally:
+        origins.stop_all()
+
+
+def test_every_flow_the_edge_handled_is_recorded(recorded):
+    out, statuses, output, _ = recorded
+    assert statuses == [status for *_, status in REQUESTS]
+    assert "Addon error" not in output and "cannot pickle" not in output, output
+    flows = read_flows(out)
+    assert [(f.request.method, f.request.path) for f in flows] == [(m, p) for m, p, _, _ in REQUESTS]
+    assert [f.response.status_code for f in flows] == statuses
+
+
+def test_recorded_flows_hold_plain_data_only(recorded):
+    out, *_ = recorded
+    for flow in read_flows(out):
+        state = flow.get_state()
+        assert _plain(state["metadata"]), state["metadata"]
+        copy = flow.copy()  # what mitmproxy's replay and mitmweb's duplicate do
+        assert copy.request.path == flow.request.path
+
+
+def _plain(value) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, str | int | float | bool | bytes)
