@@ -60,4 +60,4 @@ docs: venv
 	$(BIN)/python -m edgerules.docgen > docs/policy-reference.md
 
 clean:
-	rm -rf $(VENV) .edgerules-state .pytest_cache .ruff_cache
+	rm -rf $(VENV) .edgerules-state rules/.edgerules-state .pytest_cache .ruff_cache

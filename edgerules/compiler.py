@@ -708,12 +708,19 @@ def _store(ctx: _Ctx, raw: Mapping[str, Any]) -> StoreConfig:
     d = StoreConfig()
     return StoreConfig(
         backend=raw.get("backend", d.backend),
-        path=str(raw.get("path", d.path)),
+        path=_store_path(ctx, raw.get("path")),
         size_limit=_size(raw.get("size_limit"), d.size_limit),
         url=str(raw.get("url") or d.url),
         prefix=str(raw.get("prefix", d.prefix)),
         timeout=_duration(raw.get("timeout"), d.timeout),
     )
+
+
+def _store_path(ctx: _Ctx, value: Any) -> str:
+    """The diskcache directory, absolute: a relative `store.path` (and the default) is relative to the file that
+    declared it (the main policy file for the default), never to the working directory, so `edgerules keys`,
+    `cache purge` and `report` run from anywhere open the same store as the edge."""
+    return _relative_file(ctx, value, "/store/path") or os.path.join(ctx.base_dir, StoreConfig().path)
 
 
 def _admin(ctx: _Ctx, raw: Mapping[str, Any]) -> model.Admin:

@@ -112,7 +112,7 @@ def test_aybiza_spot_checks_base() -> None:
     assert p.admin.allow_cidrs == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
     assert (p.store.backend, p.store.path, p.store.size_limit) == (
         "diskcache",
-        ".edgerules-state/aybiza",
+        str(REPO / "rules" / ".edgerules-state" / "aybiza"),  # relative to the policy file
         256 << 20,
     )
     assert p.metrics.rollup_retention == 7 * 86400.0 and p.metrics.access_log is False
@@ -137,7 +137,9 @@ def test_aybiza_local_overlay_merges() -> None:
     assert p.geo.trusted_proxies == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
     assert p.geo.country_header == "cf-ipcountry"
     assert (p.routing.timeout, p.routing.connect_timeout, p.routing.retries) == (10.0, 1.0, 2)
-    assert p.store.path == ".edgerules-state/local" and p.store.backend == "diskcache"
+    assert (
+        p.store.path == str(REPO / "rules" / ".edgerules-state" / "local") and p.store.backend == "diskcache"
+    )
     assert p.store.prefix == "aybiza:"
     # a value from the overlay keeps the overlay's line as its source
     assert int(r.source.rsplit(":", 1)[1]) > 250

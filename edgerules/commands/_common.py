@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from edgerules.model import Policy
 
@@ -21,7 +22,9 @@ def load_policy(args: argparse.Namespace, *, for_serving: bool = False) -> Polic
 
 
 def open_policy_store(policy: Policy):
-    """The same store the proxy uses for this policy and environment."""
-    from edgerules.stores import open_store
+    """The same store the proxy uses for this policy and environment. Says which one on stderr (stdout stays
+    the command's output: a new key as the last line, a JSON report)."""
+    from edgerules.stores import describe_store, open_store
 
+    print(f"store: {describe_store(policy.store)}", file=sys.stderr, flush=True)
     return open_store(policy.store)

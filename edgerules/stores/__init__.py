@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from urllib.parse import urlsplit, urlunsplit
+
 from .base import Store, StoreConfig, StoreHealth, StoreUnavailable
 
 
@@ -22,4 +25,33 @@ def open_store(config: StoreConfig) -> Store:
     raise ValueError(f"unknown store backend {config.backend!r}")
 
 
-__all__ = ["Store", "StoreConfig", "StoreHealth", "StoreUnavailable", "open_store"]
+def describe_store(config: StoreConfig) -> str:
+    """Which store this is, for humans (`store: diskcache /srv/edge/.edgerules-state (prefix 'edgerules:')`);
+    a password in a Redis URL is never shown."""
+    if config.backend == "diskcache":
+        where = os.path.abspath(config.path)
+    elif config.backend == "redis":
+        where = redact_url(config.url)
+    else:
+        where = "(in this process only)"
+    return f"{config.backend} {where} (prefix {config.prefix!r})"
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+__all__ = [
+    "Store",
+    "StoreConfig",
+    "StoreHealth",
+    "StoreUnavailable",
+    "describe_store",
+    "open_store",
+    "redact_url",
+]
