@@ -134,6 +134,7 @@ class PathMatcher:
         if regexes:
             regex_set = re2.Set.FullMatchSet()
             for index, value in regexes:
+                compile_regex(value)  # a clear ValueError (and no RE2 log line) instead of the Set's error
                 regex_set.Add(value)
                 self._regex_index.append(index)
             regex_set.Compile()
@@ -202,6 +203,17 @@ class PathMatcher:
         return bool(self.patterns)
 
 
+_QUIET = re2.Options()
+_QUIET.log_errors = False  # RE2 would print every refused pattern to stderr
+
+
 def compile_regex(pattern: str):
-    """Compile a policy regex with RE2 (raises re2.error with RE2's message when it is invalid)."""
-    return re2.compile(pattern)
+    """Compile a policy regex with RE2; ValueError with RE2's message when RE2 refuses it.
+
+    `semantic.regex_problems` reports bad patterns with file:line first; this is the compiler's safety net.
+    """
+    try:
+        return re2.compile(pattern, _QUIET)
+    except re2.error as e:
+        detail = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        raise ValueError(f"invalid regex {pattern!r}: {detail}") from None

@@ -110,15 +110,16 @@ def check_file(
         except PolicyError as e:
             diags.extend(e.diagnostics)
             continue
+        found: list[Diagnostic] = []  # this variant's problems, before de-duplication against the others
         if env is not None:  # the overlay was checked in place; the merged result may still break a rule
-            variant.extend(d for d in _schema(view) if not diags.has_error_at(d))
+            found += _schema(view)
+            variant.extend(d for d in found if not diags.has_error_at(d))
+        found += (merged := semantic.check_merged(view, for_serving=for_serving, environ=environ))
         # A value the schema already refused is not reported a second time in other words.
-        variant.extend(
-            d
-            for d in semantic.check_merged(view, for_serving=for_serving, environ=environ)
-            if not (diags.has_error_at(d) or variant.has_error_at(d))
-        )
-        if document_ok and not variant.has_errors():
+        variant.extend(d for d in merged if not (diags.has_error_at(d) or variant.has_error_at(d)))
+        # An error another variant already reported (the base and each environment share most of the document)
+        # is not printed twice, but it still stops this variant from compiling: the compiler assumes checked input.
+        if document_ok and not any(d.severity == "error" for d in found):
             data, _uses = substitute_env(view.data, environ)
             resolved = LoadedDocument(view.file, data, view.marks, view.key_marks)
             try:

@@ -8,6 +8,7 @@ arguments). Files without `# expect:` (include siblings) only have to be handled
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
@@ -91,3 +92,71 @@ def test_corpus_as_a_real_subprocess(name: str) -> None:
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     check_output(path, proc.stdout, expects)
+
+
+EXPECTING = [f for f in FILES if expectations(f)[0]]
+ENVS = re.compile(r"^environments:\s*$", re.MULTILINE)
+
+
+def _environments(path: Path) -> list[str]:
+    """The environment names declared in a corpus file (top-level `environments:` children)."""
+    text = path.read_text(errors="replace")
+    m = ENVS.search(text)
+    if not m:
+        return []
+    names = []
+    for line in text[m.end() :].splitlines():
+        if line and not line.startswith(" "):
+            break
+        if re.match(r"^  [A-Za-z0-9_-]+:", line):
+            names.append(line.strip().split(":")[0])
+    return names
+
+
+@pytest.mark.parametrize("path", EXPECTING, ids=[f.name for f in EXPECTING])
+def test_corpus_file_in_json_and_github_formats(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same problems at the same lines in every output format, never an internal error or empty output."""
+    expects, args = expectations(path)
+    code, output = run_validate(["--format", "json", str(path), *args])
+    assert "internal error" not in capsys.readouterr().err
+    assert code == 1, output
+    doc = json.loads(output)
+    assert doc["ok"] is False
+    for line, text in expects:
+        hits = [
+            d
+            for d in doc["diagnostics"]
+            if d["line"] == line
+            and text in f"{d['severity']}: {d['message']} [at {d['pointer']}] (hint: {d['hint']})"
+        ]
+        assert hits, f"{path.name}: json has no {text!r} at line {line}:\n{output}"
+    code, output = run_validate(["--format", "github", str(path), *args])
+    assert "internal error" not in capsys.readouterr().err
+    assert code == 1, output
+    for line, text in expects:
+        severity, _, rest = text.partition(": ")
+        severity, text = (severity, rest) if severity in ("error", "warning") and rest else ("", text)
+        hits = [
+            x
+            for x in output.splitlines()
+            if x.startswith(f"::{severity}") and f",line={line}," in x and text in x
+        ]
+        assert hits, f"{path.name}: github has no {text!r} at line {line}:\n{output}"
+
+
+ENV_FILES = [f for f in FILES if _environments(f)]
+
+
+@pytest.mark.parametrize("path", ENV_FILES, ids=[f.name for f in ENV_FILES])
+def test_corpus_file_for_each_environment(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--env X` for every environment: exit 0 or 1 with file:line:col, never an internal error; and a file
+    that is invalid for some environment is invalid without --env (which checks them all)."""
+    code_all, _ = run_validate([str(path)])
+    assert "internal error" not in capsys.readouterr().err
+    for env in _environments(path):
+        code, output = run_validate([str(path), "--env", env])
+        assert "internal error" not in capsys.readouterr().err, env
+        assert code in (0, 1), output
+        if code == 1:
+            assert code_all == 1, f"{path.name}: invalid with --env {env} but valid without --env"
+            assert re.search(rf"^{re.escape(str(path))}:\d+:\d+: error: ", output, re.MULTILINE), output

@@ -248,6 +248,98 @@ def test_the_unmutated_seed_validates(workdir: Path) -> None:
     assert assert_validates_cleanly(path) == 0
 
 
+# ------------------------------------------------------------------- the validator across environments
+#
+# Policies with environments and regexes in the base or in one overlay: regex features RE2 refuses
+# (lookaround, backreferences, unbalanced groups) once crashed `validate` without --env (exit 3). Every
+# environment must agree with the all-environments run, in every format.
+
+REGEX_PARTS = [
+    "/api",
+    "/v1",
+    "(?=v1)",
+    "(?!x)",
+    "(?<=a)",
+    "(?<!b)",
+    "\\1",
+    "\\k<n>",
+    "(",
+    ")",
+    "[a-z]",
+    "[",
+    "]",
+    ".*",
+    "+",
+    "{2}",
+    "|",
+    "$",
+    "^",
+    "\\",
+    "(?P<n>a)",
+    "\\d",
+    "a",
+]
+regexes = st.lists(st.sampled_from(REGEX_PARTS), min_size=1, max_size=6).map("".join)
+REGEX_SITES = [
+    ("cache", lambda r: {"cache": {"rules": [{"name": "c", "match": {"regex": r}, "ttl": "1m"}]}}),
+    ("allow", lambda r: {"validation": {"allow_paths": [{"path": "/health"}, {"regex": r}]}}),
+    (
+        "header",
+        lambda r: {
+            "headers": {
+                "request": [
+                    {
+                        "name": "h",
+                        "set": {"X-A": "1"},
+                        "match": {"header": {"name": "User-Agent", "regex": r}},
+                    }
+                ]
+            }
+        },
+    ),
+    ("class", lambda r: {"classify": {"classes": [{"name": "k", "match": {"regex": r}}]}}),
+]
+
+
+@settings(FUZZ, max_examples=60)
+@given(
+    regex=regexes,
+    site=st.sampled_from(range(len(REGEX_SITES))),
+    where=st.sampled_from(["base", "local", "production"]),
+    fmt=st.sampled_from(["text", "json", "github"]),
+)
+def test_validate_agrees_across_environments(
+    workdir: Path, regex: str, site: int, where: str, fmt: str
+) -> None:
+    part = REGEX_SITES[site][1](regex)
+    data: dict[str, Any] = {
+        "version": 1,
+        "regions": {"a": {"upstream": "http://127.0.0.1:9101"}},
+        "routing": {"default": ["a"]},
+        "environments": {
+            "local": {"regions": {"a": {"upstream": "http://127.0.0.1:9102"}}},
+            "production": {"regions": {"a": {"upstream": "https://a.example.com"}}},
+        },
+    }
+    if where == "base":
+        data.update(part)
+    else:
+        data["environments"][where].update(part)
+    path = workdir / "envs.yaml"
+    path.write_text(json.dumps(data, indent=1))
+    code_all = assert_validates_cleanly(path, fmt)
+    for env in ("local", "production"):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = cli_main(["validate", str(path), "--env", env, "--format", fmt], out=out)
+        assert code in (0, 1) and "internal error" not in err.getvalue(), (env, err.getvalue())
+        if code == 1:
+            assert code_all == 1, f"invalid with --env {env}, valid without: {regex!r}"
+            assert f"{path}" in out.getvalue()
+        if where in ("base", env):
+            assert code == code_all, (env, regex, out.getvalue())
+
+
 # --------------------------------------------------------------------------------------------- the oracle
 #
 # Written from the policy's intent, not from the engine's code: an origin may percent-decode a path once,
