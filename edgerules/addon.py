@@ -18,12 +18,12 @@ from edgerules.admin import handle_admin
 from edgerules.diagnostics import PolicyError
 from edgerules.engine.values import Answer, EdgeRequest, Forward
 from edgerules.flowconv import edge_request
+from edgerules.flowview import ERROR_MARK, META, decision_data, internal_error_data, summary
 from edgerules.gctuning import freeze_startup_objects
 from edgerules.runtime import EdgeRuntime, Exchange
 
 log = logging.getLogger("edgerules")
 
-META = "edgerules"  # flow.metadata key: plain data only (flows are saved with -w, copied, replayed)
 LIVE_LIMIT = 100_000  # flows in flight the addon remembers at most (a flow that never ends must not leak)
 
 
@@ -35,6 +35,7 @@ class Live:
     exchange: Exchange | None  # None: an admin request
     request: EdgeRequest | None = None
     headers_done: bool = False  # the policy's response headers are on flow.response
+    origin: str | None = None  # scheme://host:port of the origin that answered
 
 
 def _response(status: int, headers, body: bytes) -> http.Response:
@@ -192,6 +193,7 @@ class EdgeRules:
             flow.response = _response(
                 503, [("Content-Type", "application/json")], b'{"error":"No policy loaded"}'
             )
+            _mark_error(flow, {**internal_error_data(), "error": "no_policy", "status": 503})
             return
         req = _edge_request(flow)
         if runtime.is_admin_path(req.path):
@@ -221,6 +223,9 @@ class EdgeRules:
         request.host = target.host
         request.port = target.port
         request.path = target.path
+        live = self.live.get(flow.id)
+        if live is not None:
+            live.origin = f"{target.scheme}://{target.host}:{target.port}"
         for name in forward.remove_headers:
             request.headers.pop(name, None)
         for name, value in (*forward.set_headers, *target.headers):
@@ -270,6 +275,7 @@ class EdgeRules:
         flow.response = _response(final.status, final.headers, final.body)
         if final.reason:
             flow.response.reason = final.reason
+        _show_origin(flow, live, forward, exchange.decision.context.region)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Streamed responses leave before the `response` hook: their headers are decided here."""
@@ -299,6 +305,33 @@ class EdgeRules:
             if live is None or not live.headers_done:
                 # never an origin's response without the policy's response headers (security, CORS, cache)
                 self._fail(flow, keep_error=False)
+                return
+        if live is not None:
+            self._describe(flow, live)
+
+    def _describe(self, flow: http.HTTPFlow, live: Live) -> None:
+        """The decision where mitmproxy users look: flow.comment (one line), flow.metadata (the whole decision
+        and trace, plain data), flow.marked for the edge's own error answers."""
+        try:
+            exchange = live.exchange
+            if exchange is None:
+                flow.metadata[META] = {"outcome": "admin", "status": _status(flow)}
+                flow.comment = f"edge: admin {live.request.path if live.request else ''}".rstrip()
+                return
+            policy = exchange.policy
+            data = decision_data(
+                exchange.decision,
+                _status(flow),
+                request=live.request,
+                origin=live.origin,
+                policy=f"{policy.name} v{policy.version}" if policy is not None else None,
+            )
+            flow.metadata[META] = data
+            flow.comment = summary(data)
+            if data["edge_error"]:
+                flow.marked = ERROR_MARK
+        except Exception:  # what the flow shows must never break the request
+            log.exception("edgerules: could not describe the decision on the flow")
 
     def _apply_headers(self, flow: http.HTTPFlow, live: Live, exchange: Exchange) -> None:
         assert self.runtime is not None and flow.response is not None
@@ -343,11 +376,11 @@ class EdgeRules:
         # let any client eject a healthy region with three bad requests.
         if isinstance(outcome, Forward) and outcome.stream:
             runtime.native_failure(exchange, str(flow.error) if flow.error else "error")
+        self._describe(flow, live)
 
     def _fail(self, flow: http.HTTPFlow, *, keep_error: bool = True) -> None:
         """Fail closed: a generic 500 JSON, never the request forwarded unchecked. `keep_error`: an error
         answer already there (the edge's own refusal) stays."""
-        flow.metadata.setdefault(META, {"error": "internal_error"})
         if keep_error and flow.response is not None and flow.response.status_code >= 400:
             return
         runtime = self.runtime
@@ -359,6 +392,34 @@ class EdgeRules:
         else:
             flow.response = _response(answer.status, answer.headers, answer.body)
         flow.request.stream = False
+        _mark_error(flow, {**internal_error_data(), "status": flow.response.status_code})
+
+
+def _status(flow: http.HTTPFlow) -> int:
+    return flow.response.status_code if flow.response is not None else 0
+
+
+def _mark_error(flow: http.HTTPFlow, data: dict) -> None:
+    flow.metadata[META] = data
+    flow.comment = summary(data)
+    flow.marked = ERROR_MARK
+
+
+def _show_origin(flow: http.HTTPFlow, live: Live | None, forward: Forward, region: str | None) -> None:
+    """The addon called the origin itself: let the flow name the origin that answered (not the `--mode reverse:`
+    placeholder). The client's own host and port stay in the flow's metadata (`client`)."""
+    if region is None:
+        return
+    for target in forward.regions:
+        if target.region == region:
+            request = flow.request
+            if request.scheme != target.scheme:
+                request.scheme = target.scheme
+            request.host = target.host
+            request.port = target.port
+            if live is not None:
+                live.origin = f"{target.scheme}://{target.host}:{target.port}"
+            return
 
 
 def _reload_interval() -> float:

@@ -35,13 +35,20 @@ def edge_request(flow: Any, *, timestamp: float | None = None) -> EdgeRequest:
         body_size = int(declared)
     peer = flow.client_conn.peername
     upgrade = (headers.get("upgrade") or "").lower() == "websocket"
+    host, port = _pretty_host(request), request.port
+    recorded = flow.metadata.get("edgerules") if flow.metadata else None
+    if isinstance(recorded, dict) and isinstance(recorded.get("client"), dict):
+        # a flow the edge handled before (recorded with -w, or replayed): it names the origin that answered;
+        # the host and port the client asked for are in its metadata
+        client = recorded["client"]
+        host, port = str(client.get("host", host)), int(client.get("port", port))
     return EdgeRequest(
         method=request.method.upper(),
         path=path,
         query=query,
         scheme="https" if flow.client_conn.tls_established else "http",
-        host=_pretty_host(request),
-        port=request.port,
+        host=host,
+        port=port,
         headers=headers,
         client_ip=peer[0] if peer else "",
         body_size=body_size,

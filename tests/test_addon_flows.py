@@ -85,3 +85,30 @@ def test_flow_metadata_is_plain_data(addon):
         copied = flow.copy()  # deep-copies metadata: fails on live objects (compiled regex sets)
         assert copied.metadata == flow.metadata
         http.HTTPFlow.from_state(flow.get_state())
+
+
+def test_flow_metadata_carries_the_decision(addon):
+    flow = decided(addon, "/api/v1/calls/1", bearer("alice"))
+    flow.response = http.Response.make(200, b"{}", {"Content-Type": "application/json"})
+    addon.response(flow)
+    data = flow.metadata["edgerules"]
+    assert data["outcome"] == "forward" and data["auth"] == "jwt" and data["status"] == 200
+    assert data["trace"] and all(
+        set(e) == {"phase", "rule", "outcome", "detail", "source"} for e in data["trace"]
+    )
+    assert "auth jwt" in flow.comment and not flow.marked
+
+
+def test_an_internal_error_is_marked_and_named(addon, monkeypatch):
+    flow = decided(addon, "/api/v1/calls/1", bearer("alice"))
+    flow.response = http.Response.make(200, b"the origin's body", {"Content-Type": "text/plain"})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the response phase")
+
+    monkeypatch.setattr(addon.runtime, "finish", broken)
+    addon.response(flow)
+    assert flow.response.status_code == 500
+    assert flow.marked == ":no_entry:"
+    assert flow.comment.startswith("edge error: 500 internal_error")
+    assert flow.metadata["edgerules"]["edge_error"] is True

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from mitmproxy import flowfilter, io
 from mitmproxy import http as mhttp
-from mitmproxy import io
 
 from tests.support.origins import start_origins
 from tests.support.policies import ENV, bearer, write_policy
@@ -20,6 +20,7 @@ REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
 # (method, path, headers, status the edge answers)
 REQUESTS = [
     ("GET", "/health", {"CF-IPCountry": "US"}, 200),  # forwarded
+    ("GET", "/health", {"CF-IPCountry": "US"}, 200),  # answered from the cache
     ("GET", "/api/v1/calls/1", {"CF-IPCountry": "GB", **bearer("alice")}, 200),  # forwarded, authenticated
     ("GET", "/api/v1/calls/2", {"CF-IPCountry": "US"}, 401),  # refused by the edge
     ("GET", "/admin/secrets", {"CF-IPCountry": "US"}, 400),  # refused by the edge
@@ -46,7 +47,7 @@ def recorded(tmp_path_factory):
             statuses = [http(m, proxy.url + path, headers).status for m, path, headers, _ in REQUESTS]
         finally:
             proxy.stop()
-        yield out, statuses, proxy.output(), policy
+        yield out, statuses, proxy.output(), origins
     finally:
         origins.stop_all()
 
@@ -75,3 +76,43 @@ def _plain(value) -> bool:
     if isinstance(value, list):
         return all(_plain(v) for v in value)
     return value is None or isinstance(value, str | int | float | bool | bytes)
+
+
+def test_each_flow_shows_the_edges_decision(recorded):
+    out, _, _, origins = recorded
+    forwarded, hit, _, refused, not_allowed, admin = read_flows(out)
+
+    assert forwarded.comment.startswith("edge: us-east-1 primary")
+    assert "cache MISS" in forwarded.comment and "auth public" in forwarded.comment
+    assert "routing us-east-1 @ policy.yaml:" in forwarded.comment  # the rule and its file:line
+    # the request names the origin the edge really called, not the `--mode reverse:` placeholder
+    assert (forwarded.request.host, forwarded.request.port) == ("127.0.0.1", origins["us-east-1"].port)
+    decision = forwarded.metadata["edgerules"]
+    assert decision["origin"] == f"http://127.0.0.1:{origins['us-east-1'].port}"
+    assert decision["region"] == "us-east-1" and decision["failover"][0] == "us-east-1"
+    assert decision["client"]["port"] != origins["us-east-1"].port  # what the client asked for is kept
+    assert any(e["phase"] == "routing" and e["source"] for e in decision["trace"])
+    assert not forwarded.marked
+
+    assert "cache HIT" in hit.comment and not hit.marked
+
+    assert refused.comment.startswith("edge error: 401 unauthorized")
+    assert "auth failed:missing" in refused.comment and "@ policy.yaml:" in refused.comment
+    assert refused.marked == ":no_entry:"
+    assert refused.metadata["edgerules"]["decided_by"]["phase"] == "auth"
+    assert not_allowed.comment.startswith("edge error: 400 path_not_allowed") and not_allowed.marked
+    assert admin.comment == "edge: admin /__edgerules/health" and not admin.marked
+
+
+def test_the_documented_filters_select_the_flows(recorded):
+    out, *_ = recorded
+    flows = read_flows(out)
+
+    def matching(expression: str) -> list[str]:
+        match = flowfilter.parse(expression)
+        return [f.request.path for f in flows if match(f)]
+
+    assert matching("~comment HIT") == ["/health"]
+    assert matching("~marked") == ["/api/v1/calls/2", "/admin/secrets"]
+    assert matching('~comment "edge error"') == ["/api/v1/calls/2", "/admin/secrets"]
+    assert matching("~comment us-east-1") == ["/health"]
