@@ -25,23 +25,72 @@ FIELDS = ("outcome", "status", "region", "routing_priority", "failover", "auth",
 
 
 class FlowFileError(Exception):
-    """The flow file is missing or is not a mitmproxy flow dump."""
+    """The flow file is missing, empty, truncated, not a mitmproxy flow dump, or holds no request to replay."""
 
 
-def read_requests(path: str) -> Iterator[EdgeRequest]:
-    """The HTTP requests of a `mitmdump -w` file, as the addon would have seen them (at their recorded time)."""
+ADMIN_PREFIX = "/__edgerules"  # the edge's own endpoints: answered by the proxy, never by the policy
+
+
+@dataclass(slots=True)
+class FlowFile:
+    """The requests of a `mitmdump -w` file, as the addon would have seen them (at their recorded time), and the
+    flows that are not replayed, counted per reason."""
+
+    path: str
+    flows: int = 0
+    requests: list[EdgeRequest] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+def load_flow_file(path: str) -> FlowFile:
+    """Read every flow; raise FlowFileError (a message for the user) unless there is at least one request to
+    replay: a gate that replays nothing must not pass."""
     from mitmproxy import http, io  # only this reader needs mitmproxy
     from mitmproxy.exceptions import FlowReadException
 
+    result = FlowFile(path)
     try:
         with open(path, "rb") as handle:
             for flow in io.FlowReader(handle).stream():
-                if isinstance(flow, http.HTTPFlow):
-                    yield edge_request(flow, timestamp=flow.request.timestamp_start)
+                result.flows += 1
+                if not isinstance(flow, http.HTTPFlow):
+                    result.skip(f"not HTTP ({flow.type})")
+                    continue
+                req = edge_request(flow, timestamp=flow.request.timestamp_start)
+                if req.path == ADMIN_PREFIX or req.path.startswith(ADMIN_PREFIX + "/"):
+                    result.skip("edge admin endpoint")
+                    continue
+                result.requests.append(req)
     except OSError as exc:
         raise FlowFileError(f"{path}: {exc.strerror or exc}") from exc
     except FlowReadException as exc:
-        raise FlowFileError(f"{path}: not a mitmproxy flow file ({exc})") from exc
+        if result.flows == 0:
+            raise FlowFileError(f"{path}: not a mitmproxy flow file ({exc})") from exc
+        raise FlowFileError(
+            f"{path}: truncated or corrupt after {result.flows} flow(s) ({exc}); nothing was replayed"
+        ) from exc
+    if result.flows == 0:
+        raise FlowFileError(
+            f"{path}: the file holds no flows (empty); record traffic with `mitmdump ... -w {path}` first"
+        )
+    if not result.requests:
+        raise FlowFileError(
+            f"{path}: none of its {result.flows} flow(s) is an HTTP request to replay "
+            f"(skipped: {_reasons(result.skipped)})"
+        )
+    return result
+
+
+def read_requests(path: str) -> Iterator[EdgeRequest]:
+    """The HTTP requests of a `mitmdump -w` file (see `load_flow_file`)."""
+    yield from load_flow_file(path).requests
+
+
+def _reasons(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{count} {reason}" for reason, count in skipped.items()) or "none"
 
 
 class _Clock:
@@ -114,6 +163,7 @@ class Change:
 class ReplayReport:
     total: int = 0
     changes: list[Change] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # flows not replayed, per reason
 
     def counts(self) -> dict[str, int]:
         """How many requests changed per field ("headers" included)."""
@@ -127,6 +177,8 @@ class ReplayReport:
         return {
             "requests": self.total,
             "changed": len(self.changes),
+            "skipped": sum(self.skipped.values()),
+            "skipped_by_reason": dict(self.skipped),
             "by_field": self.counts(),
             "changes": [change.to_json() for change in self.changes],
         }
@@ -166,12 +218,17 @@ def _trace_key(entry: TraceEntry) -> tuple[str, str, str, str]:
 
 
 async def replay(
-    requests: Iterable[EdgeRequest], old: Policy, new: Policy, *, down: Sequence[str] = ()
+    requests: Iterable[EdgeRequest],
+    old: Policy,
+    new: Policy,
+    *,
+    down: Sequence[str] = (),
+    skipped: dict[str, int] | None = None,
 ) -> ReplayReport:
     """Decide every request with both policies (in order, each policy keeping its own rate-limit state)."""
     clock = _Clock()
     old_state, new_state = _new_state(clock, down), _new_state(clock, down)
-    report = ReplayReport()
+    report = ReplayReport(skipped=dict(skipped or {}))
     try:
         for index, req in enumerate(requests, start=1):
             clock.now = req.timestamp
@@ -197,7 +254,9 @@ def render_json(report: ReplayReport) -> str:
 def render_text(report: ReplayReport) -> str:
     lines = [
         f"replayed {report.total} requests: {len(report.changes)} changed, "
-        f"{report.total - len(report.changes)} unchanged"
+        f"{report.total - len(report.changes)} unchanged",
+        f"skipped {sum(report.skipped.values())} flows"
+        + (f": {_reasons(report.skipped)}" if report.skipped else ""),
     ]
     if not report.changes:
         return "\n".join(lines)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from mitmproxy import http as mhttp
 
 from tests.support.origins import start_origins
 from tests.support.policies import ENV, bearer, write_policy
+from tests.support.processes import VENV_BIN
 from tests.support.proxy import http, start_mitmdump
 
 pytestmark = pytest.mark.e2e
@@ -47,13 +50,13 @@ def recorded(tmp_path_factory):
             statuses = [http(m, proxy.url + path, headers).status for m, path, headers, _ in REQUESTS]
         finally:
             proxy.stop()
-        yield out, statuses, proxy.output(), origins
+        yield out, statuses, proxy.output(), origins, policy
     finally:
         origins.stop_all()
 
 
 def test_every_flow_the_edge_handled_is_recorded(recorded):
-    out, statuses, output, _ = recorded
+    out, statuses, output, *_ = recorded
     assert statuses == [status for *_, status in REQUESTS]
     assert "Addon error" not in output and "cannot pickle" not in output, output
     flows = read_flows(out)
@@ -79,7 +82,7 @@ def _plain(value) -> bool:
 
 
 def test_each_flow_shows_the_edges_decision(recorded):
-    out, _, _, origins = recorded
+    out, _, _, origins, _ = recorded
     forwarded, hit, _, refused, not_allowed, admin = read_flows(out)
 
     assert forwarded.comment.startswith("edge: us-east-1 primary")
@@ -116,3 +119,39 @@ def test_the_documented_filters_select_the_flows(recorded):
     assert matching("~marked") == ["/api/v1/calls/2", "/admin/secrets"]
     assert matching('~comment "edge error"') == ["/api/v1/calls/2", "/admin/secrets"]
     assert matching("~comment us-east-1") == ["/health"]
+
+
+def replay_cli(flows: Path, old: Path, new: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    argv = [str(VENV_BIN / "edgerules"), "replay", str(flows), "--old", str(old), "--new", str(new)]
+    return subprocess.run(
+        [*argv, "--env", "e2e", *extra], env={**ENV, "PATH": ""}, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_what_mitmdump_recorded_gates_a_policy_change(recorded, tmp_path):
+    out, _, _, _, policy = recorded
+    same = replay_cli(out, policy, policy, "--fail-on-change")
+    assert same.returncode == 0, same.stderr
+    # six flows recorded; the admin endpoint's is not a policy decision
+    assert same.stdout.startswith("replayed 5 requests: 0 changed, 5 unchanged"), same.stdout
+    assert "skipped 1 flows: 1 edge admin endpoint" in same.stdout
+
+    data = json.loads(policy.read_text())
+    data["environments"]["e2e"]["routing"]["countries"] = {"US": ["eu-west-1", "us-east-1", "us-west-2"]}
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(json.dumps(data))
+    changed = replay_cli(out, policy, moved, "--fail-on-change", "--format", "json")
+    assert changed.returncode == 1, changed.stderr
+    report = json.loads(changed.stdout)
+    # the US requests the edge forwarded (the 401 and 400 are refused either way)
+    assert [c["path"] for c in report["changes"]] == ["/health", "/health"]
+    assert report["changes"][0]["changes"]["region"] == {"old": "us-east-1", "new": "eu-west-1"}
+
+
+def test_an_empty_recording_fails_the_gate(recorded, tmp_path):
+    *_, policy = recorded
+    empty = tmp_path / "empty.flows"
+    empty.write_bytes(b"")
+    result = replay_cli(empty, policy, policy, "--fail-on-change")
+    assert result.returncode == 2
+    assert "holds no flows" in result.stderr

@@ -160,3 +160,70 @@ def test_make_flows_records_a_real_mitmdump_dump(tmp_path):
     out = record(tmp_path / "fresh.flows")
     requests = list(read_requests(str(out)))
     assert [(r.method, r.path) for r in requests] == [(m, p) for m, p, _, _, _ in REQUESTS]
+
+
+# ---------------------------------------------------------------------------------------- a gate you can trust
+
+
+def _write_flows(path: Path, flows) -> Path:
+    from mitmproxy import io as mio
+
+    with open(path, "wb") as handle:
+        writer = mio.FlowWriter(handle)
+        for flow in flows:
+            writer.add(flow)
+    return path
+
+
+def _replay_cli(flows: Path, capsys, *extra: str) -> tuple[int, str, str]:
+    argv = ["replay", str(flows), "--old", str(SEED), "--new", str(SEED), "--env", "local", *extra]
+    code = cli_main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_an_empty_flow_file_fails_the_gate(tmp_path, capsys, jwt_env):
+    empty = tmp_path / "empty.flows"
+    empty.write_bytes(b"")
+    code, out, err = _replay_cli(empty, capsys, "--fail-on-change")
+    assert code == 2
+    assert "holds no flows (empty)" in err and "-w" in err
+    assert out == ""
+
+
+def test_a_truncated_flow_file_fails_the_gate(tmp_path, capsys, jwt_env):
+    data = FLOWS.read_bytes()
+    truncated = tmp_path / "truncated.flows"
+    truncated.write_bytes(data[: len(data) // 2])
+    code, out, err = _replay_cli(truncated, capsys)
+    assert code == 2
+    assert "truncated or corrupt after" in err and "nothing was replayed" in err
+    assert out == ""
+
+
+def test_a_file_without_http_flows_fails_the_gate(tmp_path, capsys, jwt_env):
+    from mitmproxy.test import tflow
+
+    tcp_only = _write_flows(tmp_path / "tcp.flows", [tflow.ttcpflow(), tflow.ttcpflow()])
+    code, _, err = _replay_cli(tcp_only, capsys)
+    assert code == 2
+    assert "none of its 2 flow(s) is an HTTP request to replay" in err and "2 not HTTP (tcp)" in err
+
+
+def test_skipped_flows_are_counted_with_their_reason(tmp_path, capsys, jwt_env):
+    from mitmproxy import io as mio
+    from mitmproxy.test import tflow
+
+    with open(FLOWS, "rb") as handle:
+        recorded = list(mio.FlowReader(handle).stream())
+    admin = recorded[0].copy()
+    admin.request.path = "/__edgerules/status"
+    mixed = _write_flows(tmp_path / "mixed.flows", [*recorded, tflow.ttcpflow(), admin])
+    code, out, _ = _replay_cli(mixed, capsys)
+    assert code == 0
+    assert out.startswith(f"replayed {len(REQUESTS)} requests: 0 changed")
+    assert "skipped 2 flows: 1 not HTTP (tcp), 1 edge admin endpoint" in out
+    code, out, _ = _replay_cli(mixed, capsys, "--format", "json")
+    payload = json.loads(out)
+    assert payload["skipped"] == 2
+    assert payload["skipped_by_reason"] == {"not HTTP (tcp)": 1, "edge admin endpoint": 1}

@@ -35,15 +35,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     from edgerules.policy import load_policy_file
-    from edgerules.replay import FlowFileError, read_requests, render_json, render_text, replay
+    from edgerules.replay import FlowFileError, load_flow_file, render_json, render_text, replay
 
     old = load_policy_file(args.old, args.env, environ=os.environ).policy
     new = load_policy_file(args.new, args.env, environ=os.environ).policy
     try:
-        requests = list(read_requests(args.flows))
+        flows = load_flow_file(args.flows)
     except FlowFileError as exc:
         print(f"edgerules replay: {exc}", file=sys.stderr)
         return EXIT_BAD_FLOWS
-    report = asyncio.run(replay(requests, old, new, down=args.down))
+    report = asyncio.run(replay(flows.requests, old, new, down=args.down, skipped=flows.skipped))
     print(render_json(report) if args.format == "json" else render_text(report), file=out)
     return EXIT_CHANGED if args.fail_on_change and report.changes else 0
