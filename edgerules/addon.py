@@ -171,6 +171,10 @@ class EdgeRules:
     async def running(self) -> None:
         if self.runtime is not None and not self._started:
             self._started = True
+            # The engine must see the Host the client sent (a second Host is refused, X-Forwarded-Host says
+            # what the client asked for); the edge sets the upstream Host itself (`routing.host_rewrite`).
+            if not ctx.options.keep_host_header:
+                ctx.options.keep_host_header = True
             await self.runtime.start()
             freeze_startup_objects()  # mitmdump's long-lived objects too: shorter GC pauses, lower p99
 

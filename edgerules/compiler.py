@@ -439,6 +439,7 @@ def _validation(ctx: _Ctx, raw: Mapping[str, Any]) -> model.Validation:
         max_body_size=_size(raw.get("max_body_size")),
         max_url_length=_size(raw.get("max_url_length"), d.max_url_length) or d.max_url_length,
         max_header_size=_size(raw.get("max_header_size"), d.max_header_size) or d.max_header_size,
+        method_override=raw.get("method_override", d.method_override),
         source=ctx.source("/validation"),
     )
 

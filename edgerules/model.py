@@ -157,6 +157,7 @@ class Validation:
     max_body_size: int | None = None
     max_url_length: int = 8192
     max_header_size: int = 32768  # names + values of all request headers
+    method_override: Literal["strip", "check"] = "strip"
     source: str = ""
 
 

@@ -21,8 +21,12 @@ import re2
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _FORBIDDEN_DECODED = frozenset({"/", "\\"})
-# Characters never allowed raw in a path: controls, space, backslash and the ones RFC 3986 excludes.
-_BAD_RAW = re.compile(r'[\x00-\x20\x7f\\"<>^`{|}]|[^\x00-\x7f]')
+# Characters never allowed raw in a path: controls, space, backslash and the ones RFC 3986 excludes, `#` (a
+# fragment is never part of a request-target, RFC 9112 3.2; an origin that parses the target as a URL drops it
+# and resolves what was before it: `/voice/..#` reaches `/`) and the other gen-delims `[` `]`.
+_BAD_RAW = re.compile(r'[\x00-\x20\x7f\\"<>^`{|}#\[\]]|[^\x00-\x7f]')
+# A query (RFC 3986 3.4: pchar / "/" / "?"): the same characters refused, and `%` only before two hex digits.
+_BAD_QUERY = re.compile(r'[\x00-\x20\x7f\\"<>^`{|}#\[\]]|[^\x00-\x7f]|%(?![0-9A-Fa-f]{2})')
 
 
 class PathError(ValueError):
@@ -60,6 +64,12 @@ def normalise_path(raw: str) -> str:
     if trailing:
         path += "/"
     return path
+
+
+def check_query(query: str) -> None:
+    """Raise PathError when the query holds a character RFC 9112/3986 does not allow in a request-target."""
+    if query and _BAD_QUERY.search(query):
+        raise PathError("query contains a character not allowed in a request-target")
 
 
 def _decode_unreserved(raw: str) -> str:

@@ -132,9 +132,25 @@ def seen_headers(response: Response) -> dict[str, str]:
     return {k.lower(): v for k, v in response.json()["headers"].items()}
 
 
-def assert_unauthorized(stack: Stack, response: Response, path: str, reason: str) -> None:
+# Reasons found before the scheme is known (the Authorization header itself is unusable or not accepted).
+HEADER_REASONS = {"malformed_authorization", "duplicate_header", "scheme_not_allowed", "unsupported_scheme"}
+
+
+def client_reason(reason: str, authorization: str | None) -> str:
+    """What the client is told for a failure whose precise `reason` stays in the log: one per scheme."""
+    if reason == "missing":
+        return reason
+    if reason in HEADER_REASONS or authorization is None:
+        return "invalid_credentials"
+    return "invalid_token" if authorization.startswith("Bearer ") else "invalid_api_key"
+
+
+def assert_unauthorized(
+    stack: Stack, response: Response, path: str, reason: str, authorization: str | None = None
+) -> None:
     assert response.status == 401, response.body
-    assert response.json() == {"error": "Authentication required", "reason": reason}
+    expected = client_reason(reason, authorization)
+    assert response.json() == {"error": "Authentication required", "reason": expected}
     assert response.headers["Content-Type"] == "application/json"
     challenges = response.headers.get_all("WWW-Authenticate") or []
     assert any(c.startswith("Bearer ") for c in challenges), challenges
@@ -195,7 +211,7 @@ def _bad_bearer_tokens() -> dict[str, tuple[str, str]]:
 def test_bad_jwt_is_401_with_challenge_and_never_reaches_origin(stack, case):
     bad, reason = _bad_bearer_tokens()[case]
     path = unique_path()
-    assert_unauthorized(stack, get(stack.proxy, path, "Bearer " + bad), path, reason)
+    assert_unauthorized(stack, get(stack.proxy, path, "Bearer " + bad), path, reason, "Bearer " + bad)
 
 
 @pytest.mark.parametrize(
@@ -211,7 +227,7 @@ def test_bad_jwt_is_401_with_challenge_and_never_reaches_origin(stack, case):
 )
 def test_missing_or_malformed_authorization_is_401(stack, authorization, reason):
     path = unique_path()
-    assert_unauthorized(stack, get(stack.proxy, path, authorization), path, reason)
+    assert_unauthorized(stack, get(stack.proxy, path, authorization), path, reason, authorization)
 
 
 def test_duplicate_authorization_headers_are_401_even_if_both_are_valid(stack):
@@ -268,7 +284,7 @@ def test_revoked_key_is_401(stack):
     assert cli_keys(stack, "revoke", key_id)[0] == 0
     for proxy in stack.proxies:  # no proxy-side caching of key records: revocation is immediate everywhere
         path = unique_path()
-        assert_unauthorized(stack, get(proxy, path, "API-Key " + key), path, "inactive")
+        assert_unauthorized(stack, get(proxy, path, "API-Key " + key), path, "inactive", "API-Key " + key)
 
 
 @pytest.mark.parametrize(
@@ -290,7 +306,7 @@ def test_expired_unknown_and_malformed_keys_are_401(stack, case, reason):
     else:  # a real key sent as a bearer token is not a JWT
         authorization = "Bearer " + new_key(stack)[0]
     path = unique_path()
-    assert_unauthorized(stack, get(stack.proxy, path, authorization), path, reason)
+    assert_unauthorized(stack, get(stack.proxy, path, authorization), path, reason, authorization)
 
 
 def test_spoofed_identity_headers_never_reach_the_origin(stack):
@@ -382,7 +398,9 @@ def test_redis_outage_fails_api_keys_closed_and_recovers(stack):
         stack.redis.restart()
     # This test Redis keeps nothing across a restart: the old key is unknown now (refused, never let through) ...
     path = unique_path()
-    assert_unauthorized(stack, get(stack.proxy, path, "API-Key " + key), path, "unknown_key")
+    assert_unauthorized(
+        stack, get(stack.proxy, path, "API-Key " + key), path, "unknown_key", "API-Key " + key
+    )
     # ... and a key created after the restart works on both proxies, which were never restarted.
     fresh, _ = new_key(stack, user="after-restart")
     for proxy in stack.proxies:

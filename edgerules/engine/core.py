@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
+from urllib.parse import unquote_plus
 
 from edgerules import memo
 from edgerules.auth.apikeys import authenticate_api_key
@@ -46,7 +47,7 @@ from edgerules.httpcache import (
 )
 from edgerules.memo import remember
 from edgerules.model import Policy
-from edgerules.paths import PathError, normalise_path, split_path
+from edgerules.paths import PathError, check_query, normalise_path, split_path
 from edgerules.ratelimit import RateLimitRule
 from edgerules.stores.base import StoreUnavailable
 from edgerules.timefmt import utc_iso_millis
@@ -153,6 +154,7 @@ class _Run:
         "facts",
         "plan",
         "policy",
+        "query",
         "remove",
         "req",
         "segments",
@@ -171,6 +173,7 @@ class _Run:
         self.set_headers: list[tuple[str, str]] = []
         self.remove: list[str] = []
         self.segments: list[str] = []  # paths.split_path of the normalised path, split once for every rule
+        self.query = req.query  # the query forwarded and keyed: without `_method` when overrides are stripped
         # match_request's arguments after match, once the class is known (see _classify)
         self.facts: tuple = ()
 
@@ -211,6 +214,7 @@ async def decide_request(req: EdgeRequest, policy: Policy, state: EngineState) -
     if refusal is not None:
         return refusal
     try:
+        check_query(req.query)
         ctx.path = path = normalise_path(req.path)
     except PathError as exc:
         return run.fail("invalid_request", "validation", str(exc), reason="invalid_path")
@@ -336,6 +340,8 @@ def _check_header_syntax(run: _Run) -> Decision | None:
         joined_names = joined_values = ""
         size = 0
     malformed = None  # the first malformed name; the size is checked first all the same
+    if len(run.req.headers.get_all("host")) > 1:  # RFC 9112 3.2: a request with more than one Host is a 400
+        return run.fail("invalid_request", "validation", "more than one Host header", reason="duplicate_host")
     # One pass over the whole header block for the common case (token names, printable ASCII values); the
     # regexes only when something else is there, and the field-by-field search only when one of them fails.
     clean_values = joined_values.isascii() and joined_values.isprintable()
@@ -398,6 +404,9 @@ def _validate(run: _Run) -> Decision | None:
             v.source,
             headers=[("Allow", allow)],
         )
+    refusal = _method_override(run)
+    if refusal is not None:
+        return refusal
     content_types = req.headers.get_all("content-type")
     if len(content_types) > 1:  # a singleton field: the origin might read another one than we checked
         return run.fail("invalid_request", "validation", "more than one Content-Type", reason="content_type")
@@ -424,6 +433,58 @@ def _validate(run: _Run) -> Decision | None:
         if size is not None and size > v.max_body_size:
             return run.fail("payload_too_large", "validation", f"{size} bytes > {v.max_body_size}", v.source)
     return None
+
+
+# Headers and the query parameter frameworks (Rack, Laravel, Express, ASP.NET, Symfony) read as "the real
+# method": a request line the policy allows could otherwise run a method it refuses.
+METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
+METHOD_OVERRIDE_PARAM = "_method"
+
+
+def _method_override(run: _Run) -> Decision | None:
+    """`validation.method_override`: `strip` (default) removes every override; `check` lets them through only
+    when each names a method `validation.methods` allows (and they agree)."""
+    req, v = run.req, run.policy.validation
+    headers = req.headers
+    sent = [(name, value) for name in METHOD_OVERRIDE_HEADERS for value in headers.get_all(name)]
+    params = _override_params(req.query)
+    if not sent and not params:
+        return None
+    if v.method_override == "strip":
+        for name, _ in sent:
+            run.remove.append(name)
+        if params:
+            run.query = "&".join(part for part in req.query.split("&") if not _is_override_param(part))
+        run.note("strip", "method override", "removed", ", ".join([n for n, _ in sent] + params[:1]))
+        return None
+    wanted = {value.strip().upper() for _, value in sent}
+    wanted.update(unquote_plus(p.partition("=")[2]).strip().upper() for p in params)
+    if len(wanted) > 1:
+        return run.fail(
+            "invalid_request", "validation", f"conflicting method overrides {sorted(wanted)}", reason="method"
+        )
+    (method,) = wanted
+    if v.methods is not None and method not in v.methods:
+        allow = ", ".join(sorted(v.methods))
+        return run.fail(
+            "method_not_allowed",
+            "validation",
+            f"method override {method[:32]!r} not in {allow}",
+            v.source,
+            headers=[("Allow", allow)],
+        )
+    return None
+
+
+def _override_params(query: str) -> list[str]:
+    if not query or ("method" not in query and "%" not in query):
+        return []
+    return [part for part in query.split("&") if _is_override_param(part)]
+
+
+def _is_override_param(part: str) -> bool:
+    """`_method=...`, spelled any way a framework decodes to that name (`%5Fmethod`, `_method` alone)."""
+    return unquote_plus(part.partition("=")[0]).strip() == METHOD_OVERRIDE_PARAM
 
 
 def _declared_length(headers: HeaderView) -> int | None:
@@ -474,6 +535,7 @@ async def _authenticate(run: _Run) -> Decision | None:
     if identity is not None:
         _accepted(run, auth, identity)
         return None
+    scheme_key = None
     try:
         scheme, credentials = parse_authorization(values)
         scheme_key = "bearer" if scheme == "bearer" else _scheme_key(run, scheme)  # parse lower-cases it
@@ -492,14 +554,30 @@ async def _authenticate(run: _Run) -> Decision | None:
         else:
             identity = await authenticate_api_key(run.state.keys, credentials, run.state.now())
     except AuthFailure as exc:
+        # The log, the metrics and the trace keep the precise reason; the client learns only which scheme
+        # failed (not whether a key it found is unknown, revoked or expired, nor a JWT's bad signature from
+        # its expiry).
         ctx.auth_outcome = f"failed:{exc.reason}"
         challenge = _challenges(run, schemes)
-        return run.fail("unauthorized", "auth", exc.reason, auth.source, headers=challenge, reason=exc.reason)
+        public = client_reason(exc.reason, scheme_key if scheme_key in schemes else None)
+        return run.fail("unauthorized", "auth", exc.reason, auth.source, headers=challenge, reason=public)
     except StoreUnavailable as exc:
         ctx.auth_outcome = "failed:store_unavailable"
         return run.fail("auth_unavailable", "auth", f"key store unavailable: {exc}", auth.source)
     _accepted(run, auth, identity)
     return None
+
+
+# What a 401 tells the client: one reason per scheme (the precise one stays in the log and the trace).
+CLIENT_AUTH_REASONS = {"bearer": "invalid_token", "api_key": "invalid_api_key"}
+
+
+def client_reason(reason: str, scheme_key: str | None) -> str:
+    """The reason a 401 carries: `missing` without credentials, else the generic one of the scheme that was
+    tried (`invalid_credentials` when the Authorization header itself was unusable or not accepted here)."""
+    if reason == "missing":
+        return reason
+    return CLIENT_AUTH_REASONS.get(scheme_key or "", "invalid_credentials")
 
 
 def _known_bearer(run: _Run, auth, schemes: tuple[str, ...], values: list[str]) -> Identity | None:
@@ -639,7 +717,7 @@ async def _cache_lookup(run: _Run) -> Decision | None:
         # seed's shared 8-character prefix (flaw 1).
         principal = effective_principal(ctx.identity.principal if ctx.identity else None, req.headers)
     key_headers = tuple([(name, req.headers.get(name) or "") for name in rule.key_headers])
-    ctx.cache_key = _cache_key(req.method, req.scheme, req.host, ctx.path, req.query, principal, key_headers)
+    ctx.cache_key = _cache_key(req.method, req.scheme, req.host, ctx.path, run.query, principal, key_headers)
     lookup = await run.state.cache.lookup(rule, ctx.cache_key, req.method, req.headers)
     ctx.cache_status = str(lookup.status)
     ctx.cache_reason = lookup.reason
@@ -737,7 +815,7 @@ def _route(run: _Run) -> Decision:
     stream = req.websocket or ctx.request_class in run.plan.stream_classes
     forward = Forward(
         regions=route.targets,
-        path_and_query=ctx.path + (f"?{req.query}" if req.query else ""),
+        path_and_query=ctx.path + (f"?{run.query}" if run.query else ""),
         set_headers=tuple(run.set_headers),
         remove_headers=tuple(dict.fromkeys([n.lower() for n in run.remove])) if run.remove else (),
         timeout=policy.routing.timeout,

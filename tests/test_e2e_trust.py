@@ -1,0 +1,128 @@
+"""Trust and hygiene at the live edge (issue 17), through a real `mitmdump -s addon.py` (and `edgerules serve`
+with EDGERULES_E2E_RUNNER=serve): request-targets and Host, method overrides, 401 reasons."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import jwt
+import pytest
+
+from tests.support.origins import start_origins
+from tests.support.policies import ENV, JWT_SECRET, bearer, write_policy
+from tests.support.proxy import http, http_raw, start_edge_process
+
+pytestmark = pytest.mark.e2e
+
+REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory):
+    origins = start_origins(list(REGIONS))
+    policy = write_policy(
+        tmp_path_factory.mktemp("trust"),
+        {name: origin.port for name, origin in origins.items()},
+        {"metrics": {"access_log": True}},
+    )
+    proxy = start_edge_process(policy, environ=ENV)
+    try:
+        yield proxy, origins
+    finally:
+        proxy.stop()
+        origins.stop_all()
+
+
+def unique(prefix: str = "/api/v1/calls") -> str:
+    return f"{prefix}/{uuid.uuid4().hex}"
+
+
+def origin_log(origins, path: str) -> list[dict]:
+    """Every request the origins received whose raw path starts with `path`."""
+    return [e for o in origins.values() for e in o.stats()["log"] if e["path"].startswith(path)]
+
+
+def raw_status(response: bytes) -> int:
+    assert response.startswith(b"HTTP/1.1 "), response[:200]
+    return int(response.split(b" ", 2)[1])
+
+
+# -- item 9: duplicate Host, generic 401 reasons -------------------------------------------------------------
+
+
+def test_two_host_headers_are_refused(edge):
+    proxy, origins = edge
+    path = unique()
+    auth = bearer()["Authorization"]
+    raw = (
+        f"GET {path} HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nCF-IPCountry: US\r\n"
+        f"Authorization: {auth}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    response = http_raw("127.0.0.1", proxy.port, raw)
+    assert raw_status(response) == 400, response[:300]
+    assert origin_log(origins, path) == []
+
+
+def test_401_tells_the_client_one_reason_per_scheme_and_the_log_the_precise_one(edge):
+    proxy, origins = edge
+    expired = jwt.encode(
+        {"sub": "a", "role": "r", "exp": int(time.time()) - 3600}, JWT_SECRET, algorithm="HS256"
+    )
+    forged = jwt.encode({"sub": "a", "role": "r", "exp": int(time.time()) + 600}, "x" * 40, algorithm="HS256")
+    path = unique()
+    for token in (expired, forged):
+        response = http("GET", proxy.url + path, {"Authorization": f"Bearer {token}"})
+        assert response.status == 401
+        assert response.json() == {"error": "Authentication required", "reason": "invalid_token"}
+    response = http("GET", proxy.url + path, {"Authorization": "API-Key " + "k" * 40})
+    assert response.status == 401
+    assert response.json()["reason"] == "invalid_api_key"
+    assert http("GET", proxy.url + path).json()["reason"] == "missing"
+    assert origin_log(origins, path) == []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and '"auth:bad_signature"' not in proxy.output():
+        time.sleep(0.1)
+    log = proxy.output()
+    assert '"auth:expired"' in log and '"auth:bad_signature"' in log  # the precise reason stays in the log
+
+
+# -- item 3: request-target characters, method overrides ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/voice/..#", "/api/v1/calls/x?a=1#frag", "/api/v1/calls/x?a=<b>", "/api/v1/calls/x?a=%zz"],
+)
+def test_fragment_and_forbidden_request_target_characters_are_400(edge, target):
+    proxy, origins = edge
+    before = routed(origins)
+    raw = f"GET {target} HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n".encode()
+    response = http_raw("127.0.0.1", proxy.port, raw)
+    assert raw_status(response) == 400, response[:300]
+    assert routed(origins) == before  # nothing but health probes reached an origin
+
+
+def routed(origins) -> int:
+    stats = [o.stats() for o in origins.values()]
+    return sum(s["requests"] - s["paths"].get("/health", 0) for s in stats)
+
+
+def test_method_override_headers_and_parameter_are_stripped(edge):
+    proxy, _ = edge
+    path = unique()
+    response = http(
+        "GET",
+        f"{proxy.url}{path}?_method=DELETE&a=1&%5Fmethod=PUT",
+        [
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("X-HTTP-Method", "DELETE"),
+            ("X-Method-Override", "PATCH"),
+            *bearer().items(),
+        ],
+    )
+    assert response.status == 200, response.body
+    echo = response.json()
+    seen = {k.lower() for k in echo["headers"]}
+    assert not seen & {"x-http-method-override", "x-http-method", "x-method-override"}
+    assert echo["query"] == "a=1"
