@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgerules.engine.values import Answer, HeaderView
 from edgerules.stores.base import StoreUnavailable
+from edgerules.workers import ask_supervisor_to_reload
 
 if TYPE_CHECKING:
     from edgerules.runtime import EdgeRuntime
@@ -104,6 +105,8 @@ async def _status(runtime: EdgeRuntime, body: bytes) -> Answer:
         "store": store,
         "time": time.time(),
     }
+    if runtime.board is not None:  # one worker of `serve --workers N`: describe them all
+        payload.update(runtime.board.status())
     return _json(200, payload)
 
 
@@ -132,14 +135,14 @@ async def _analytics(runtime: EdgeRuntime, body: bytes) -> Answer:
 async def _reload(runtime: EdgeRuntime, body: bytes) -> Answer:
     ok = await runtime.reload()
     status = runtime.reload_status
-    return _json(
-        200 if ok else 422,
-        {
-            "reloaded": ok,
-            "last_error": status.last_error,
-            "version": runtime.policy.version if runtime.policy else None,
-        },
-    )
+    payload = {
+        "reloaded": ok,
+        "last_error": status.last_error,
+        "version": runtime.policy.version if runtime.policy else None,
+    }
+    if ok and runtime.board is not None:  # this worker reloaded; the supervisor passes it on to every worker
+        payload["workers_signalled"] = ask_supervisor_to_reload(runtime.board.info)
+    return _json(200 if ok else 422, payload)
 
 
 async def _purge(runtime: EdgeRuntime, body: bytes) -> Answer:

@@ -35,6 +35,7 @@ from edgerules.model import Policy
 from edgerules.policy import load_policy_file
 from edgerules.stores import open_store
 from edgerules.upstream import IDEMPOTENT, UpstreamClient, UpstreamError, request_headers
+from edgerules.workers import WorkerBoard, worker_info
 
 log = logging.getLogger("edgerules")
 access_log = logging.getLogger("edgerules.access")
@@ -106,6 +107,7 @@ class EdgeRuntime:
         self._pending: set[asyncio.Task] = set()
         self._reload_lock = asyncio.Lock()
         self._revalidations = RevalidationGate()
+        self.board: WorkerBoard | None = None  # set when this process is one worker of `serve --workers N`
 
     # ------------------------------------------------------------------------------------------ policy lifecycle
 
@@ -153,6 +155,10 @@ class EdgeRuntime:
             self._tasks.append(loop.create_task(self.metrics.run()))
         for source in self.state.jwks_sources():
             self._tasks.append(loop.create_task(source.run_refresher()))
+        info = worker_info(os.environ)
+        if info is not None:
+            self.board = WorkerBoard(info, self)
+            self._tasks.append(loop.create_task(self.board.run()))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -161,6 +167,8 @@ class EdgeRuntime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self.board is not None:
+            self.board.close()
         if self.prober is not None:
             await self.prober.close()
         if self.metrics is not None:
@@ -526,6 +534,11 @@ class EdgeRuntime:
             log.warning("background store task failed: %s", task.exception())
 
     def prometheus_text(self) -> str:
+        """This process's metrics; with `serve --workers N`, the whole server's (see `edgerules.workers`)."""
+        own = self.own_prometheus_text()
+        return self.board.prometheus_text(own) if self.board is not None else own
+
+    def own_prometheus_text(self) -> str:
         if self.metrics is None:
             return ""
         policy = self._policy

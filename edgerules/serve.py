@@ -10,11 +10,13 @@ plus `EdgeRules` itself. The behaviour seen by clients is the same as mitmdump's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import logging
 import os
 import signal
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,10 +31,14 @@ from mitmproxy.addons import (
     tlsconfig,
     update_alt_svc,
 )
+from mitmproxy.proxy import mode_servers
 
 from edgerules.addon import EdgeRules
 from edgerules.model import Policy
 from edgerules.policy import load_policy_file
+from edgerules.workers import ENV_LISTEN_FD
+
+log = logging.getLogger("edgerules")
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 
@@ -44,6 +50,8 @@ class ServeConfig:
     listen: str = DEFAULT_LISTEN
     mode: str | None = None  # None: reverse to the policy's first region
     settings: Sequence[str] = field(default_factory=tuple)  # mitmproxy "option=value" strings
+    workers: int = 1  # worker processes (edgerules.supervisor); 1: this process serves
+    drain_timeout: float = 30.0  # SIGTERM: the longest in-flight requests may take before we exit anyway
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -127,6 +135,53 @@ class HookTable(addonmanager.AddonManager):
                 return
 
 
+class InFlight:
+    """Counts requests between their headers and their response (or error), for draining on SIGTERM."""
+
+    def __init__(self) -> None:
+        self.flows: set[str] = set()
+
+    def requestheaders(self, flow) -> None:
+        self.flows.add(flow.id)
+
+    def response(self, flow) -> None:
+        self.flows.discard(flow.id)
+
+    def error(self, flow) -> None:
+        self.flows.discard(flow.id)
+
+
+def use_inherited_socket(sock: socket.socket) -> None:
+    """Make mitmproxy's reverse-proxy server accept on ``sock`` (bound and listening in the supervisor of
+    `serve --workers N`, inherited by this worker) instead of binding a port itself. mitmproxy has no option for
+    this: its `listen` is replaced for reverse mode in this process only."""
+    original = mode_servers.ReverseInstance.listen
+
+    async def listen(self, host: str, port: int):  # type: ignore[no-untyped-def]
+        if self.mode.transport_protocol != "tcp":
+            return await original(self, host, port)
+        return [await asyncio.start_server(self.handle_stream, sock=sock, backlog=1024)]
+
+    mode_servers.ReverseInstance.listen = listen  # type: ignore[method-assign]
+
+
+async def drain(edge_master: master.Master, inflight: InFlight, timeout: float) -> None:
+    """Stop accepting, let the requests in flight finish (at most ``timeout`` seconds), then shut down."""
+    loop = asyncio.get_running_loop()
+    proxy = edge_master.addons.get("proxyserver")
+    if proxy is not None:
+        with contextlib.suppress(Exception):
+            await proxy.servers.update([])  # closes this process's listener; connections stay
+    deadline = loop.time() + timeout
+    while inflight.flows and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if inflight.flows:
+        log.warning("shutting down with %d requests still in flight (drain timeout)", len(inflight.flows))
+    else:
+        await asyncio.sleep(0.2)  # the last responses' bytes are on their way out
+    edge_master.shutdown()
+
+
 class EdgeMaster(master.Master):
     """A mitmproxy master with the proxy core and edgerules, nothing else."""
 
@@ -138,7 +193,9 @@ class EdgeMaster(master.Master):
         self._termlog_addon = termlog.TermLog()
         self.addons.add(self._termlog_addon)
         self.edge = edge or EdgeRules()
+        self.inflight = InFlight()
         self.addons.add(
+            self.inflight,
             core.Core(),
             disable_h2c.DisableH2C(),
             proxyserver.Proxyserver(),
@@ -170,6 +227,9 @@ def _configure_logging() -> None:
 async def serve(config: ServeConfig, *, mode: str) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean shutdown, 1 if the options are invalid."""
     _configure_logging()
+    inherited = os.environ.get(ENV_LISTEN_FD)
+    if inherited:  # one worker of `serve --workers N`
+        use_inherited_socket(socket.socket(fileno=int(inherited)))
     opts = options.Options()
     edge_master = EdgeMaster(opts)
     try:
@@ -178,16 +238,40 @@ async def serve(config: ServeConfig, *, mode: str) -> int:
         print(f"edgerules serve: {exc}", flush=True)
         return 1
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def stop() -> None:
+        if stopping:  # a second signal: stop now
+            edge_master.shutdown()
+            return
+        stopping.append(loop.create_task(drain(edge_master, edge_master.inflight, config.drain_timeout)))
+
+    def reload() -> None:
+        runtime = edge_master.edge.runtime
+        if runtime is not None:
+            log.info("SIGHUP: reloading the policy")
+            stopping_or_reload = loop.create_task(runtime.reload())
+            _background.add(stopping_or_reload)
+            stopping_or_reload.add_done_callback(_background.discard)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, edge_master.shutdown)
+        loop.add_signal_handler(sig, stop)
+    loop.add_signal_handler(signal.SIGHUP, reload)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     await edge_master.run()
     return 0
 
 
+_background: set[asyncio.Task[bool]] = set()
+
+
 def run(config: ServeConfig) -> int:
     """Check the policy (file:line errors raise PolicyError before anything listens), then serve."""
     policy = load_policy_file(config.policy_path, config.env, environ=os.environ, for_serving=True).policy
+    if config.workers > 1 and not os.environ.get(ENV_LISTEN_FD):
+        from edgerules.supervisor import supervise
+
+        return supervise(config, config.workers)
     return asyncio.run(serve(config, mode=config.mode or default_mode(policy)))
 
 
@@ -195,10 +279,13 @@ __all__ = [
     "DEFAULT_LISTEN",
     "EdgeMaster",
     "HookTable",
+    "InFlight",
     "ServeConfig",
     "configure_options",
     "default_mode",
+    "drain",
     "parse_listen",
     "run",
     "serve",
+    "use_inherited_socket",
 ]

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run the edge: a reverse proxy applying the policy (like `mitmdump -s addon.py`, leaner)",
         description=(
             "Serve the policy as a reverse proxy. A bad policy exits 1 with file:line before anything listens; "
-            "SIGTERM/SIGINT shut it down cleanly."
+            "SIGTERM/SIGINT stop accepting, let requests in flight finish and exit 0; SIGHUP reloads the policy."
         ),
     )
     add_policy_arguments(p)
@@ -37,15 +37,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="OPTION=VALUE",
         help="set a mitmproxy or edgerules option (repeatable), e.g. --set edgerules_reload_interval=5",
     )
+    p.add_argument(
+        "--workers",
+        default="1",
+        metavar="N|auto",
+        help="worker processes accepting on the one --listen port (default 1; auto: one per core); a supervisor "
+        "restarts crashed workers, SIGTERM drains them all, SIGHUP reloads them all",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long requests in flight may still take before the edge exits (default 30)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     from edgerules.serve import ServeConfig, parse_listen
     from edgerules.serve import run as serve
+    from edgerules.supervisor import worker_count
 
     try:
         parse_listen(args.listen)
+        workers = worker_count(args.workers)
     except ValueError as exc:
         print(f"edgerules serve: {exc}", file=out)
         return 2
@@ -55,5 +71,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         listen=args.listen,
         mode=args.mode,
         settings=tuple(args.settings),
+        workers=workers,
+        drain_timeout=args.drain_timeout,
     )
     return serve(config)
