@@ -14,16 +14,21 @@ from dataclasses import dataclass
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net.http import status_codes
 
-from edgerules.admin import handle_admin
+from edgerules.admin import handle_admin, refusal_at_head
 from edgerules.diagnostics import PolicyError
+from edgerules.engine.errors import error_answer
 from edgerules.engine.values import Answer, EdgeRequest, Forward
 from edgerules.flowconv import edge_request
 from edgerules.flowview import ERROR_MARK, META, decision_data, internal_error_data, summary
 from edgerules.gctuning import freeze_startup_objects
+from edgerules.guard import answer_and_close, closes_unread, pending_body, raw_response, wrap_http_layer
 from edgerules.runtime import EdgeRuntime, Exchange
 
 log = logging.getLogger("edgerules")
 
+# A request head (request line and every header line) above this is refused with 431 while it is being read.
+# The policy's own checks (validation.max_url_length, max_header_size) apply to the heads below it.
+DEFAULT_MAX_HEAD_BYTES = 65536
 LIVE_LIMIT = 100_000  # flows in flight the addon remembers at most (a flow that never ends must not leak)
 
 
@@ -143,6 +148,27 @@ class EdgeRules:
             "Seconds between checks for policy changes (e.g. 0.2).",
         )
 
+        loader.add_option(
+            "edgerules_max_head_bytes",
+            int,
+            DEFAULT_MAX_HEAD_BYTES,
+            "Largest HTTP/1 request head (request line and headers) read from a client; a longer one is "
+            "answered 431 and the connection closed. 0: no limit.",
+        )
+
+    def next_layer(self, nextlayer) -> None:
+        if nextlayer.layer is None:
+            # mitmdump runs script addons before its layer chooser: let it choose now, then wrap its choice
+            chooser = ctx.master.addons.get("nextlayer")
+            if chooser is not None:
+                chooser.next_layer(nextlayer)
+        wrap_http_layer(nextlayer, ctx.options.edgerules_max_head_bytes, self._head_refusal)
+
+    def _head_refusal(self) -> bytes:
+        runtime = self.runtime
+        answer = error_answer(runtime.policy if runtime is not None else None, "headers_too_large")
+        return raw_response(answer.status, answer.headers, answer.body)
+
     def configure(self, updated: set[str]) -> None:
         if not {"edgerules_policy", "edgerules_env"} & updated:
             return
@@ -202,12 +228,31 @@ class EdgeRules:
         req = _edge_request(flow)
         if runtime.is_admin_path(req.path):
             self._remember(flow, Live(None, req))
+            refusal = refusal_at_head(runtime, req.client_ip, req.headers, pending_body(flow.request))
+            if refusal is not None:  # a stranger or an oversized body: nothing of the body is read
+                response = _response(refusal.status, refusal.headers, refusal.body)
+                if closes_unread(flow.request):
+                    answer_and_close(flow, response)
+                    self.live.pop(flow.id, None)
+                else:
+                    flow.response = response
             return
         exchange = await runtime.decide(req)
         self._remember(flow, Live(exchange, req))
         outcome = exchange.decision.outcome
         if isinstance(outcome, Answer):
-            flow.response = _response(outcome.status, outcome.headers, outcome.body)
+            response = _response(outcome.status, outcome.headers, outcome.body)
+            if outcome.status >= 400 and closes_unread(flow.request):
+                # Refused at the head (413 for a declared size over the limit, 401, ...) with a large or
+                # chunked body to come: answer now and close, rather than read it all first. The response
+                # hook will not run for it: recorded and described here.
+                runtime.record(exchange, req, outcome.status)
+                answer_and_close(flow, response)
+                live = self.live.pop(flow.id, None)
+                if live is not None:
+                    self._describe(flow, live)
+            else:
+                flow.response = response
         elif outcome.stream:
             self._forward_natively(flow, outcome)
 

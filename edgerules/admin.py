@@ -13,7 +13,9 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from edgerules.engine.errors import error_answer
 from edgerules.engine.values import Answer, HeaderView
+from edgerules.metrics import MAX_COLLECTOR_BODY
 from edgerules.stores.base import StoreUnavailable
 from edgerules.workers import ask_supervisor_to_reload
 
@@ -39,6 +41,24 @@ def admin_allowed(runtime: EdgeRuntime, client_ip: str, headers: HeaderView) -> 
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return any(address.version == net.version and address in net for net in policy.admin.allow_cidrs)
+
+
+# Admin bodies are small JSON documents: the analytics collector's limit is the largest one any endpoint takes.
+ADMIN_MAX_BODY = MAX_COLLECTOR_BODY
+
+
+def refusal_at_head(
+    runtime: EdgeRuntime, client_ip: str, headers: HeaderView, pending: int | None
+) -> Answer | None:
+    """Decided from the request head alone, before any body is read: a stranger gets the same 404 as an
+    unknown path; a declared body over `ADMIN_MAX_BODY` gets 413, one of unknown length (chunked) 411."""
+    if not admin_allowed(runtime, client_ip, headers):
+        return _NOT_FOUND
+    if pending is not None and pending < 0:
+        return _json(411, {"error": "Length required"}, "length_required")
+    if pending is not None and pending > ADMIN_MAX_BODY:
+        return error_answer(runtime.policy, "payload_too_large")
+    return None
 
 
 def _is_loopback(client_ip: str) -> bool:
