@@ -1,7 +1,7 @@
 """Compiler: a checked policy document -> an immutable `model.Policy`.
 
-Three steps live here: picking an environment (`apply_environment`, a deep merge of `environments.<name>` onto
-the base), `${env:NAME}` substitution (`substitute_env`) and `compile_policy`. The compiler trusts the schema
+Two steps live here: picking an environment (`apply_environment`, a deep merge of `environments.<name>` onto
+the base) and `compile_policy`; `${env:NAME}` substitution is `edgerules.envsubst`. The compiler trusts the schema
 and semantic checks that ran before it; what can still go wrong (a value that came from an environment
 variable, an upstream URL that only breaks after substitution) becomes a `PolicyError` at the node's
 file:line, never a traceback.
@@ -11,26 +11,21 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from edgerules import model
-from edgerules.auth.jwt import ClaimMapping, JwtConfig
 from edgerules.diagnostics import Diagnostic, Mark, PolicyError
 from edgerules.httpcache import CacheRule
 from edgerules.loader import LoadedDocument, deep_merge, escape_token
 from edgerules.metrics import MetricsConfig
+from edgerules.model import ClaimMapping, JwtConfig
 from edgerules.paths import PathMatcher, PathPattern, compile_regex
 from edgerules.ratelimit import RateLimitRule
 from edgerules.stores.base import StoreConfig
 from edgerules.units import parse_duration, parse_size
-
-# `${env:NAME}` or `${env:NAME:-default}` (the default may be empty and may not contain `}`).
-ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 LOOPBACK_CIDRS: tuple[model.IPNetwork, ...] = (
     ipaddress.ip_network("127.0.0.0/8"),
@@ -68,51 +63,6 @@ def apply_environment(doc: LoadedDocument, env: str | None) -> LoadedDocument:
     if overlay.data is None:  # `staging:` with nothing under it
         return base
     return deep_merge(base, overlay)
-
-
-# --------------------------------------------------------------------------------------------- ${env:...}
-
-
-@dataclass(frozen=True, slots=True)
-class EnvUse:
-    """One `${env:NAME}` reference found during substitution."""
-
-    name: str
-    pointer: str
-    has_default: bool
-    is_set: bool
-
-
-def substitute_string(value: str, environ: Mapping[str, str]) -> str:
-    """Replace every `${env:...}` in one string; an unset variable without default becomes ''."""
-
-    def repl(m: re.Match[str]) -> str:
-        got = environ.get(m.group(1))
-        if got is not None:
-            return got
-        return m.group(2) or ""
-
-    return ENV_REF.sub(repl, value)
-
-
-def substitute_env(data: Any, environ: Mapping[str, str], pointer: str = "") -> tuple[Any, list[EnvUse]]:
-    """A copy of `data` with `${env:...}` substituted in every string value (keys are left alone)."""
-    uses: list[EnvUse] = []
-
-    def walk(value: Any, ptr: str) -> Any:
-        if isinstance(value, str):
-            if "${env:" not in value:
-                return value
-            for m in ENV_REF.finditer(value):
-                uses.append(EnvUse(m.group(1), ptr, m.group(2) is not None, m.group(1) in environ))
-            return substitute_string(value, environ)
-        if isinstance(value, dict):
-            return {k: walk(v, f"{ptr}/{escape_token(k)}") for k, v in value.items()}
-        if isinstance(value, list):
-            return [walk(v, f"{ptr}/{i}") for i, v in enumerate(value)]
-        return value
-
-    return walk(data, pointer), uses
 
 
 # --------------------------------------------------------------------------------------------- compiler

@@ -33,7 +33,7 @@ from json.encoder import encode_basestring_ascii as _json_string
 from typing import Literal
 from urllib.parse import urljoin, urlsplit
 
-from edgerules.engine.values import HeaderView
+from edgerules.headerview import HeaderView
 
 type HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]]
 type VaryValues = tuple[tuple[str, str | None], ...]

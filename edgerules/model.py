@@ -2,8 +2,9 @@
 
 The compiler (`edgerules.compiler`) builds these from the YAML after the schema and semantic checks passed, so
 nothing here re-validates. Every rule keeps `source` ("file:line") for traces. Feature modules own their own
-compiled settings (`JwtConfig`, `CacheRule`, `RateLimitRule`, `MetricsConfig`, `StoreConfig`); this module ties
-them together.
+compiled settings (`CacheRule`, `RateLimitRule`, `MetricsConfig`, `StoreConfig`); this module ties them
+together. The auth settings (`JwtConfig`, `ClaimMapping`, `IdentityHeaderNames`) live here so that loading a
+policy never loads PyJWT or an HTTP client.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
-from edgerules.auth.identity import IdentityHeaderNames
-from edgerules.auth.jwt import JwtConfig
 from edgerules.httpcache import CacheRule
 from edgerules.metrics import MetricsConfig
 from edgerules.paths import PathMatcher
@@ -159,6 +158,43 @@ class Validation:
     max_header_size: int = 32768  # names + values of all request headers
     method_override: Literal["strip", "check"] = "strip"
     source: str = ""
+
+
+# Auth settings (the verifiers in edgerules.auth read them).
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimMapping:
+    user: str = "sub"
+    role: str = "role"
+    permissions: str = "permissions"
+
+
+@dataclass(frozen=True, slots=True)
+class JwtConfig:
+    algorithms: tuple[str, ...] = ("HS256",)
+    secret: bytes | None = field(default=None, repr=False)  # HS* secret, >= 32 bytes
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    jwks_refresh: float = 3600.0
+    leeway: float = 30.0
+    require: tuple[str, ...] = ("exp",)
+    issuer: str | None = None
+    audience: str | None = None
+    claims: ClaimMapping = ClaimMapping()
+    max_token_length: int = 8192
+    cache_size: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityHeaderNames:
+    user: str = "X-User-ID"
+    role: str = "X-User-Role"
+    permissions: str = "X-User-Permissions"
+    authenticated_at: str = "X-Authenticated-At"
+
+    def all(self) -> tuple[str, ...]:
+        return (self.user, self.role, self.permissions, self.authenticated_at)
 
 
 @dataclass(frozen=True, slots=True)

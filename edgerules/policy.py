@@ -14,8 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from edgerules import model, semantic
-from edgerules.compiler import apply_environment, compile_policy, environment_names, substitute_env
+from edgerules.compiler import apply_environment, compile_policy, environment_names
 from edgerules.diagnostics import Diagnostic, PolicyError
+from edgerules.envsubst import substitute_env
 from edgerules.loader import LoadedDocument, load_policy
 
 

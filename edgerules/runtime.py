@@ -28,11 +28,12 @@ from edgerules.engine.values import (
     HeaderView,
     TraceEntry,
 )
-from edgerules.health import HealthProber, HealthRegistry
+from edgerules.health import HealthRegistry
 from edgerules.httpcache import invalidates, invalidation_targets, revalidation_headers, stale_if_error_ok
 from edgerules.metrics import MetricsRecorder, RequestRecord, access_log_line
 from edgerules.model import Policy
 from edgerules.policy import load_policy_file
+from edgerules.prober import HealthProber
 from edgerules.stores import open_store
 from edgerules.upstream import IDEMPOTENT, UpstreamClient, UpstreamError, request_headers
 from edgerules.workers import WorkerBoard, worker_info

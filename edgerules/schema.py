@@ -50,8 +50,9 @@ def _schema_text() -> str:
 
 @functools.cache
 def _validator() -> Draft202012Validator:
+    # The schema ships with the package and tests/test_schema.py checks it against the meta-schema; checking it
+    # again here cost every `edgerules validate` more than all the imports together.
     schema = load_schema()
-    Draft202012Validator.check_schema(schema)
     checker = FormatChecker(formats=())
     checker.checks("edgerules-cidr", raises=ValueError)(
         _checking(lambda v: ipaddress.ip_network(v, strict=True))

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 import re2
 
-from edgerules.compiler import ENV_REF, substitute_string
 from edgerules.diagnostics import Diagnostic, Mark
+from edgerules.envsubst import ENV_REF, substitute_string
 from edgerules.paths import PathError, normalise_path
 from edgerules.units import parse_duration
 

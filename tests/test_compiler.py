@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from edgerules import model
-from edgerules.compiler import substitute_env, substitute_string
 from edgerules.diagnostics import PolicyError
+from edgerules.envsubst import substitute_env, substitute_string
 from edgerules.policy import load_policy_file, validate_paths
 
 REPO = Path(__file__).parent.parent

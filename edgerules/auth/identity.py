@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from edgerules.memo import remember
+from edgerules.model import IdentityHeaderNames
 from edgerules.timefmt import utc_iso_millis
 
 AuthMethod = Literal["jwt", "api_key"]
@@ -43,17 +44,6 @@ class Identity:
     principal: str
     # Per-credential rate limit (limit, window seconds), set for API keys that carry one.
     rate_limit: tuple[int, float] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class IdentityHeaderNames:
-    user: str = "X-User-ID"
-    role: str = "X-User-Role"
-    permissions: str = "X-User-Permissions"
-    authenticated_at: str = "X-Authenticated-At"
-
-    def all(self) -> tuple[str, ...]:
-        return (self.user, self.role, self.permissions, self.authenticated_at)
 
 
 IDENTITY_HEADERS = IdentityHeaderNames()

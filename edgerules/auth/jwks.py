@@ -10,11 +10,10 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
@@ -31,6 +30,40 @@ _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth"})
 
 class JwksError(Exception):
     """A key set could not be loaded or parsed."""
+
+
+Fetcher = Callable[[str], Awaitable[bytes]]
+"""Gets a JWKS document by URL; raises JwksError, OSError or TimeoutError when it cannot."""
+
+
+async def fetch_url(url: str) -> bytes:
+    """The default fetcher: one GET in a worker thread (stdlib, so loading auth never loads an HTTP client).
+
+    Environment proxies are ignored (the edge talks to the IdP directly), the body is capped at
+    MAX_JWKS_BYTES and the whole fetch at FETCH_TIMEOUT.
+    """
+    return await asyncio.wait_for(asyncio.to_thread(_get, url), FETCH_TIMEOUT)
+
+
+def _get(url: str) -> bytes:
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    try:
+        with opener.open(request, timeout=FETCH_TIMEOUT) as resp:
+            status = resp.status
+            body = resp.read(MAX_JWKS_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        raise JwksError(f"JWKS fetch {url}: HTTP {exc.code}") from None
+    except urllib.error.URLError as exc:
+        raise JwksError(f"JWKS fetch {url}: {exc.reason}") from None
+    if status != 200:
+        raise JwksError(f"JWKS fetch {url}: HTTP {status}")
+    if len(body) > MAX_JWKS_BYTES:
+        raise JwksError(f"JWKS fetch {url}: document too large")
+    return body
 
 
 def parse_jwks(data: bytes | str) -> dict[str | None, dict[str, Any]]:
@@ -81,6 +114,7 @@ class JwksSource:
         refresh: float = 3600.0,
         now: Callable[[], float] = time.time,
         min_on_demand_interval: float = MIN_ON_DEMAND_INTERVAL,
+        fetch: Fetcher = fetch_url,
     ) -> None:
         if file is None and url is None:
             raise ValueError("JwksSource needs a file or a url")
@@ -88,6 +122,7 @@ class JwksSource:
         self.url = url
         self.refresh_interval = refresh
         self.min_on_demand_interval = min_on_demand_interval
+        self._fetch = fetch
         self._now = now
         self._jwks: dict[str | None, dict[str, Any]] = {}
         self._resolved: dict[tuple[str | None, str], PyJWK | None] = {}
@@ -141,20 +176,6 @@ class JwksSource:
         self._resolved[cache_key] = key
         return key
 
-    async def _fetch_url(self) -> bytes:
-        assert self.url is not None
-        timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(self.url, headers={"Accept": "application/json"}) as resp,
-        ):
-            if resp.status != 200:
-                raise JwksError(f"JWKS fetch {self.url}: HTTP {resp.status}")
-            body = await resp.content.read(MAX_JWKS_BYTES + 1)
-            if len(body) > MAX_JWKS_BYTES:
-                raise JwksError(f"JWKS fetch {self.url}: document too large")
-            return body
-
     async def refresh(self) -> bool:
         """Reload keys (URL preferred, else the file). On failure keep the old keys, set `last_error`.
 
@@ -166,12 +187,12 @@ class JwksSource:
             self._last_attempt = self._now()
             try:
                 if self.url is not None:
-                    data = await self._fetch_url()
+                    data = await self._fetch(self.url)
                 else:
                     assert self.file is not None
                     data = await asyncio.to_thread(Path(self.file).read_bytes)
                 keys = parse_jwks(data)
-            except (OSError, aiohttp.ClientError, TimeoutError, JwksError) as exc:
+            except (OSError, TimeoutError, JwksError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("JWKS refresh failed, keeping %d old keys: %s", len(self._jwks), self.last_error)
                 return False

@@ -20,7 +20,6 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import jwt as pyjwt
@@ -29,6 +28,7 @@ from jwt import exceptions as jwt_errors
 
 from edgerules.auth.identity import AuthFailure, Identity, valid_identity_fields
 from edgerules.auth.jwks import ASYMMETRIC_ALGORITHMS, JwksSource
+from edgerules.model import ClaimMapping, JwtConfig
 
 __all__ = ["AuthFailure", "ClaimMapping", "Identity", "JwtConfig", "JwtVerifier"]
 
@@ -38,29 +38,6 @@ HMAC_ALGORITHMS = frozenset(HMAC_MIN_SECRET)
 SUPPORTED_ALGORITHMS = HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS
 CACHE_MAX_AGE = 300.0
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimMapping:
-    user: str = "sub"
-    role: str = "role"
-    permissions: str = "permissions"
-
-
-@dataclass(frozen=True, slots=True)
-class JwtConfig:
-    algorithms: tuple[str, ...] = ("HS256",)
-    secret: bytes | None = field(default=None, repr=False)  # HS* secret, >= 32 bytes
-    jwks_file: str | None = None
-    jwks_url: str | None = None
-    jwks_refresh: float = 3600.0
-    leeway: float = 30.0
-    require: tuple[str, ...] = ("exp",)
-    issuer: str | None = None
-    audience: str | None = None
-    claims: ClaimMapping = ClaimMapping()
-    max_token_length: int = 8192
-    cache_size: int = 10_000
 
 
 def b64url_decode_strict(segment: str) -> bytes:

@@ -1,0 +1,44 @@
+"""The architecture, checked: leaves stay leaves (what loading a policy costs)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Network clients, stores and the proxy: only the edge layer (and the commands that run it) may load them.
+HEAVY = ("aiohttp", "jwt", "cryptography", "redis", "diskcache", "mitmproxy")
+
+
+def _loaded_roots(code: str) -> set[str]:
+    probe = f"{code}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import edgerules.model",
+        "import edgerules.policy",
+        # what `edgerules validate` loads: the parser with every subcommand registered, then the validation
+        "from edgerules.cli import build_parser\nbuild_parser()\nimport edgerules.policy",
+    ],
+)
+def test_loading_a_policy_loads_no_network_library(code: str) -> None:
+    assert _loaded_roots(code) & set(HEAVY) == set()
+
+
+def test_validate_runs_without_network_libraries() -> None:
+    code = (
+        "import sys, io\n"
+        "from edgerules.cli import main\n"
+        "assert main(['validate', 'rules/aybiza.yaml'], out=io.StringIO()) == 0\n"
+    )
+    assert _loaded_roots(code) & set(HEAVY) == set()
