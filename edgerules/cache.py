@@ -23,9 +23,16 @@ from enum import StrEnum
 
 from . import httpcache as hc
 from .httpcache import CacheEntry, CacheRule, Freshness, HeaderInput, VariantIndex
+from .lograte import RateLimitedWarning
 from .stores.base import Store
 
 log = logging.getLogger(__name__)
+
+# A store that is down (or a full disk) fails these on every request: one line a minute each, with a count.
+_lookup_failed = RateLimitedWarning(log)
+_store_failed = RateLimitedWarning(log)
+_refresh_failed = RateLimitedWarning(log)
+_invalidation_failed = RateLimitedWarning(log)
 
 
 class CacheStatus(StrEnum):
@@ -72,7 +79,7 @@ class ResponseCache:
         try:
             record, entry_key = await self._read(key, request_headers)
         except Exception as exc:  # the request path must never fail because of the cache
-            log.warning("cache lookup failed, bypassing: %s", exc)
+            _lookup_failed.warn("cache lookup failed, bypassing: %s", exc)
             return Lookup(CacheStatus.BYPASS, f"store-unavailable: {exc}")
         if record is None:
             return Lookup(CacheStatus.MISS, "not-stored", key=entry_key)
@@ -140,7 +147,7 @@ class ResponseCache:
             else:
                 await self._store.set(key, entry.to_bytes(), ttl, tags)
         except Exception as exc:
-            log.warning("cache store failed for %s: %s", url_path, exc)
+            _store_failed.warn("cache store failed for %s: %s", url_path, exc)
             return False
         return True
 
@@ -178,7 +185,7 @@ class ResponseCache:
             if ttl > 0:
                 await self._store.set(lookup.key, merged.to_bytes(), ttl, hc.path_tags(merged.url_path))
         except Exception as exc:
-            log.warning("cache refresh failed for %s: %s", merged.url_path, exc)
+            _refresh_failed.warn("cache refresh failed for %s: %s", merged.url_path, exc)
         return merged
 
     async def invalidate_url(self, scheme: str, host: str, path: str) -> int:
@@ -190,7 +197,7 @@ class ResponseCache:
         try:
             return await self._store.purge_tag(hc.url_tag(path))
         except Exception as exc:
-            log.warning("cache invalidation failed for %s://%s%s: %s", scheme, host, path, exc)
+            _invalidation_failed.warn("cache invalidation failed for %s://%s%s: %s", scheme, host, path, exc)
             return 0
 
     async def purge(

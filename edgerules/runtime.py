@@ -30,6 +30,7 @@ from edgerules.engine.values import (
 )
 from edgerules.health import HealthRegistry
 from edgerules.httpcache import invalidates, invalidation_targets, revalidation_headers, stale_if_error_ok
+from edgerules.lograte import RateLimitedWarning
 from edgerules.metrics import MetricsRecorder, RequestRecord, access_log_line
 from edgerules.model import Policy
 from edgerules.policy import load_policy_file
@@ -108,6 +109,8 @@ class EdgeRuntime:
         self._pending: set[asyncio.Task] = set()
         self._reload_lock = asyncio.Lock()
         self._revalidations = RevalidationGate()
+        # a full disk or a down store fails every store: one line a minute, with the count
+        self._store_warnings = RateLimitedWarning(log, interval=60.0)
         self.board: WorkerBoard | None = None  # set when this process is one worker of `serve --workers N`
 
     # ------------------------------------------------------------------------------------------ policy lifecycle
@@ -532,7 +535,7 @@ class EdgeRuntime:
     def _background_done(self, task: asyncio.Task) -> None:
         self._pending.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("background store task failed: %s", task.exception())
+            self._store_warnings.warn("background store task failed: %s", task.exception())
 
     def prometheus_text(self) -> str:
         """This process's metrics; with `serve --workers N`, the whole server's (see `edgerules.workers`)."""
