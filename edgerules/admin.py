@@ -7,6 +7,7 @@ Never routed to an origin. Reachable from `admin.allow_cidrs` (loopback by defau
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgerules.engine.errors import error_answer
 from edgerules.engine.values import Answer, HeaderView
+from edgerules.httpcache import is_cache_key
 from edgerules.metrics import MAX_COLLECTOR_BODY
 from edgerules.stores.base import StoreUnavailable
 from edgerules.workers import ask_supervisor_to_reload
@@ -32,7 +34,8 @@ def admin_allowed(runtime: EdgeRuntime, client_ip: str, headers: HeaderView) -> 
     token = policy.admin.token
     if token:
         sent = headers.get("authorization") or ""
-        if sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].strip().encode(), token.encode()):
+        # Digests compared in constant time: neither the token's bytes nor its length leak through timing.
+        if sent.startswith("Bearer ") and hmac.compare_digest(_digest(sent[7:].strip()), _digest(token)):
             return True
     try:
         address = ipaddress.ip_address(client_ip.split("%", 1)[0])
@@ -59,6 +62,10 @@ def refusal_at_head(
     if pending is not None and pending > ADMIN_MAX_BODY:
         return error_answer(runtime.policy, "payload_too_large")
     return None
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
 
 
 def _is_loopback(client_ip: str) -> bool:
@@ -170,14 +177,20 @@ async def _purge(runtime: EdgeRuntime, body: bytes) -> Answer:
         request = json.loads(body or b"{}")
     except ValueError:
         return _json(400, {"error": 'body must be JSON: {"all": true} | {"prefix": "/path"} | {"key": K}'})
-    if not isinstance(request, dict) or not ({"all", "prefix", "key"} & request.keys()):
-        return _json(400, {"error": "say what to purge: all, prefix or key"})
+    if not isinstance(request, dict) or len({"all", "prefix", "key"} & request.keys()) != 1:
+        return _json(400, {"error": "say what to purge: one of all, prefix or key"})
+    prefix, key = request.get("prefix"), request.get("key")
+    if "prefix" in request and not (isinstance(prefix, str) and prefix.startswith("/")):
+        return _json(400, {"error": "prefix must be a path starting with /"})
+    if "key" in request and not is_cache_key(key):
+        # Only cache entries: the store also holds rate-limit counters, API keys and analytics rollups.
+        return _json(400, {"error": "key must be a cache key (cache:<64 hex digits>)"})
+    if "all" in request and request["all"] is not True:
+        return _json(400, {"error": 'say {"all": true} to purge every cache entry'})
     if runtime.state is None:
         return _json(503, {"error": "no policy loaded"})
     try:
-        removed = await runtime.state.cache.purge(
-            all=bool(request.get("all")), path_prefix=request.get("prefix"), key=request.get("key")
-        )
+        removed = await runtime.state.cache.purge(all="all" in request, path_prefix=prefix, key=key)
     except StoreUnavailable as exc:
         return _json(503, {"error": f"store unavailable: {exc}"})
     return _json(200, {"purged": removed})

@@ -211,6 +211,8 @@ class ResponseCache:
         if path_prefix is not None:
             return await self._store.purge_tag(hc.prefix_tag(path_prefix))
         assert key is not None
+        if not hc.is_cache_key(key):  # never another store key (rate-limit counters, API keys, rollups)
+            raise ValueError("not a cache key")
         removed = int(await self._store.delete(key))
         return removed + await self._store.purge_prefix(f"{key}:v:")
 

@@ -762,6 +762,14 @@ def cache_key(
     return KEY_PREFIX + hashlib.sha256(text.encode()).hexdigest()
 
 
+_CACHE_KEY = re.compile(re.escape(KEY_PREFIX) + "[0-9a-f]{64}")
+
+
+def is_cache_key(key: object) -> bool:
+    """True for a key `cache_key` makes (what an operator may purge by key), nothing else in the store."""
+    return isinstance(key, str) and _CACHE_KEY.fullmatch(key) is not None
+
+
 def key_header_values(names: Iterable[str], request_headers: HeaderInput) -> dict[str, str | None]:
     """The values of a rule's ``key_headers`` in a request (None when absent), for :func:`cache_key`."""
     req = _view(request_headers)

@@ -115,7 +115,7 @@ def check_file(
         if env is not None:  # the overlay was checked in place; the merged result may still break a rule
             found += _schema(view)
             variant.extend(d for d in found if not diags.has_error_at(d))
-        found += (merged := semantic.check_merged(view, for_serving=for_serving, environ=environ))
+        found += (merged := semantic.check_merged(view, for_serving=for_serving, environ=environ, env=env))
         # A value the schema already refused is not reported a second time in other words.
         variant.extend(d for d in merged if not (diags.has_error_at(d) or variant.has_error_at(d)))
         # An error another variant already reported (the base and each environment share most of the document)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -306,9 +307,13 @@ def _canon_header(h: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 def check_merged(
-    doc: SourceDoc, *, for_serving: bool = False, environ: Mapping[str, str] | None = None
+    doc: SourceDoc,
+    *,
+    for_serving: bool = False,
+    environ: Mapping[str, str] | None = None,
+    env: str | None = None,
 ) -> list[Diagnostic]:
-    """All semantic checks on one (merged) environment document."""
+    """All semantic checks on one (merged) environment document (`env`: its name, None for the base)."""
     if not isinstance(doc.data, dict):
         return []
     environ = os.environ if environ is None else environ
@@ -323,6 +328,7 @@ def check_merged(
     _check_jwt(c, data)
     _check_health(c, data)
     _check_latency(c, data)
+    _check_admin(c, data, env)
     if for_serving:
         _check_serving(c, data, environ)
     return c.out
@@ -343,6 +349,40 @@ def check_raw(doc: SourceDoc) -> list[Diagnostic]:
 
 
 # ---- regions
+
+
+# ---- admin
+
+# The only environment where a loopback peer is trusted as admin: behind a load balancer on the same host (or
+# any local forwarder) every client connects from loopback.
+LOOPBACK_ADMIN_ENVIRONMENTS = frozenset({"local"})
+
+
+def _check_admin(c: _Checker, data: dict[str, Any], env: str | None) -> None:
+    if env is None or env in LOOPBACK_ADMIN_ENVIRONMENTS:
+        return
+    admin = data.get("admin") if isinstance(data.get("admin"), dict) else {}
+    cidrs = admin.get("allow_cidrs")
+    pointer = "/admin/allow_cidrs" if cidrs is not None else "/admin"
+    trusted = ["127.0.0.0/8", "::1/128"] if cidrs is None else _strings(cidrs)
+    loopback = [cidr for cidr in trusted if _covers_loopback(cidr)]
+    if loopback:
+        c.warning(
+            pointer,
+            f"environment {env!r} trusts loopback ({', '.join(loopback)}) for the admin endpoints: behind a "
+            "load balancer or forwarder on the same host every client is loopback",
+            'give admin to the token alone there: admin: {token: "${env:EDGERULES_ADMIN_TOKEN}", '
+            "allow_cidrs: []}",
+        )
+
+
+def _covers_loopback(cidr: str) -> bool:
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return False
+    probe = ipaddress.ip_address("127.0.0.1" if net.version == 4 else "::1")
+    return probe in net or (net.version == 6 and ipaddress.ip_address("::ffff:127.0.0.1") in net)
 
 
 def _check_region_refs(c: _Checker, data: dict[str, Any]) -> None:

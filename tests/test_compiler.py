@@ -109,7 +109,7 @@ def test_aybiza_spot_checks_base() -> None:
     assert set(p.errors) == set(model.ERROR_KINDS)
     assert p.geo.country_header == "cf-ipcountry" and p.geo.trusted_proxies == ()
     assert p.admin.token is None
-    assert p.admin.allow_cidrs == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    assert p.admin.allow_cidrs == ()  # the token alone: loopback is trusted only in `local`
     assert (p.store.backend, p.store.path, p.store.size_limit) == (
         "diskcache",
         str(REPO / "rules" / ".edgerules-state" / "aybiza"),  # relative to the policy file

@@ -3,6 +3,10 @@ with EDGERULES_E2E_RUNNER=serve): request-targets and Host, method overrides, 40
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
+import threading
 import time
 import uuid
 
@@ -126,3 +130,109 @@ def test_method_override_headers_and_parameter_are_stripped(edge):
     seen = {k.lower() for k in echo["headers"]}
     assert not seen & {"x-http-method-override", "x-http-method", "x-method-override"}
     assert echo["query"] == "a=1"
+
+
+# -- item 1: admin behind a load balancer on the same host ---------------------------------------------------
+
+
+class Forwarder:
+    """A loopback TCP forwarder (what HAProxy in `mode tcp` on the same host is to the edge): every client
+    the edge sees through it is 127.0.0.1."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+ADMIN_TOKEN = "admin-token-for-the-e2e-test-0123456789"
+
+
+@pytest.fixture(scope="module")
+def balanced(tmp_path_factory):
+    """The edge with the shipped policy's admin settings (not the test environment's loopback trust), behind
+    a loopback TCP forwarder, as docs/operations.md's load-balancer section sets it up."""
+    origins = start_origins(list(REGIONS))
+    directory = tmp_path_factory.mktemp("balanced")
+    path = write_policy(directory, {name: origin.port for name, origin in origins.items()})
+    data = json.loads(path.read_text())
+    del data["environments"]["e2e"]["admin"]  # what the base policy says, as in `production`
+    path.write_text(json.dumps(data))
+    proxy = start_edge_process(path, environ={**ENV, "EDGERULES_ADMIN_TOKEN": ADMIN_TOKEN})
+    forwarder = Forwarder(proxy.port)
+    try:
+        yield proxy, forwarder, origins
+    finally:
+        forwarder.close()
+        proxy.stop()
+        origins.stop_all()
+
+
+@pytest.mark.parametrize(
+    ("method", "endpoint"),
+    [
+        ("GET", "status"),
+        ("GET", "metrics"),
+        ("POST", "reload"),
+        ("POST", "cache/purge"),
+        ("POST", "analytics"),
+    ],
+)
+def test_admin_behind_a_local_balancer_needs_the_token(balanced, method, endpoint):
+    _, forwarder, _ = balanced
+    url = f"http://127.0.0.1:{forwarder.port}/__edgerules/{endpoint}"
+    body = (
+        {"all": True} if endpoint == "cache/purge" else ({"records": []} if endpoint == "analytics" else None)
+    )
+    response = http(method, url, json=body)
+    assert response.status == 404, response.body  # the same 404 as an unknown path
+    response = http(
+        "GET", f"http://127.0.0.1:{forwarder.port}/__edgerules/status", {"Authorization": "Bearer x"}
+    )
+    assert response.status == 404
+    response = http(
+        "GET",
+        f"http://127.0.0.1:{forwarder.port}/__edgerules/status",
+        {"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    assert response.status == 200 and response.json()["policy"]["name"] == "aybiza"
+
+
+def test_purge_by_key_only_touches_cache_entries(balanced):
+    _, forwarder, _ = balanced
+    url = f"http://127.0.0.1:{forwarder.port}/__edgerules/cache/purge"
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for request in ({"key": "ratelimit:api-key:someone"}, {"key": "apikey:abc"}, {"key": 7}, {"prefix": 3}):
+        response = http("POST", url, auth, json=request)
+        assert response.status == 400, (request, response.body)
+    assert http("POST", url, auth, json={"key": "cache:" + "0" * 64}).status == 200
+    assert http("POST", url, auth, json={"prefix": "/api/v1/agents"}).status == 200

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import ipaddress
+import json
+import types
 
 import pytest
 
-from edgerules.engine.values import Answer, Forward
+from edgerules.admin import admin_allowed
+from edgerules.cache import ResponseCache
+from edgerules.engine.values import Answer, Forward, HeaderView
+from edgerules.loader import load_yaml_file
+from edgerules.model import Admin
 from edgerules.paths import PathError, check_query, normalise_path
-from tests.engine_support import bearer, decide, request, seed_policy, token
+from edgerules.policy import load_policy_file
+from edgerules.stores.memory import MemoryStore
+from tests.engine_support import ENVIRON as ENVIRONMENT
+from tests.engine_support import SEED_POLICY, bearer, decide, request, seed_policy, token
 
 
 def check_mode_policy():
@@ -100,3 +111,80 @@ def test_401_carries_a_generic_reason_and_the_trace_the_precise_one(authorizatio
     assert answer.body == b'{"error":"Authentication required","reason":"%s"}' % client.encode()
     assert decision.context.auth_outcome == f"failed:{precise}"
     assert any(e.phase == "auth" and e.detail == precise for e in decision.trace)
+
+
+# -- item 1: admin trust -----------------------------------------------------------------------------------
+
+ADMIN_ENVIRON = {**ENVIRONMENT, "EDGERULES_ADMIN_TOKEN": "t" * 32}
+
+
+def admin_warnings(path, env):
+    result = load_policy_file(path, env, environ=ADMIN_ENVIRON, for_serving=True)
+    return [str(w) for w in result.warnings if "admin" in str(w)]
+
+
+@pytest.mark.parametrize("env", ["production", "staging", "local", None])
+def test_shipped_environments_validate_without_an_admin_warning(env):
+    assert admin_warnings(SEED_POLICY, env) == []
+
+
+def test_shipped_policy_trusts_loopback_for_admin_only_in_local():
+    for env in ("production", "staging", None):
+        policy = load_policy_file(SEED_POLICY, env, environ=ADMIN_ENVIRON, for_serving=True).policy
+        assert policy.admin.allow_cidrs == () and policy.admin.token == "t" * 32
+    local = load_policy_file(SEED_POLICY, "local", environ=ADMIN_ENVIRON).policy
+    assert any(ipaddress.ip_address("127.0.0.1") in net for net in local.admin.allow_cidrs)
+
+
+@pytest.mark.parametrize(
+    ("admin", "warned"),
+    [
+        (None, True),  # the default is loopback
+        ({"allow_cidrs": ["127.0.0.1/32"]}, True),
+        ({"allow_cidrs": ["::1/128"]}, True),
+        ({"allow_cidrs": ["0.0.0.0/0"]}, True),
+        ({"allow_cidrs": ["10.0.0.0/8"]}, False),
+        ({"allow_cidrs": []}, False),
+    ],
+)
+def test_validator_warns_when_a_non_local_environment_trusts_loopback(tmp_path, admin, warned):
+    data = load_yaml_file(SEED_POLICY).data
+    data.pop("admin")
+    data["environments"]["edge"] = (
+        {"admin": admin} if admin is not None else {"geo": {"default_country": "XX"}}
+    )
+    path = tmp_path / "policy.yaml"
+    path.write_text(json.dumps(data))
+    found = admin_warnings(path, "edge")
+    assert bool(found) is warned, found
+    if warned:
+        assert "loopback" in found[0]
+
+
+def test_purge_by_key_refuses_anything_but_a_cache_key():
+    async def go():
+        store = MemoryStore()
+        cache = ResponseCache(store)
+        await store.set("aybiza:ratelimit:x", b"1", 60)
+        for key in (
+            "aybiza:ratelimit:x",
+            "ratelimit:x",
+            "cache:",
+            "cache:" + "g" * 64,
+            "cache:" + "0" * 64 + ":v:1",
+        ):
+            with pytest.raises(ValueError):
+                await cache.purge(key=key)
+        assert await store.get("aybiza:ratelimit:x") == b"1"
+        assert await cache.purge(key="cache:" + "0" * 64) == 0
+
+    asyncio.run(go())
+
+
+def test_admin_token_is_compared_as_digests():
+    policy = dataclasses.replace(seed_policy(), admin=Admin(token="s" * 40, allow_cidrs=()))
+    runtime = types.SimpleNamespace(policy=policy)
+    ok = HeaderView([("Authorization", "Bearer " + "s" * 40)])
+    assert admin_allowed(runtime, "203.0.113.9", ok)
+    for sent in ("Bearer " + "s" * 39, "Bearer " + "s" * 41, "Basic " + "s" * 40, ""):
+        assert not admin_allowed(runtime, "127.0.0.1", HeaderView([("Authorization", sent)]))

@@ -50,6 +50,8 @@ def write_policy(
         "routing": {"timeout": "2s", "connect_timeout": "0.5s"},
         "store": {"backend": "diskcache", "path": str(directory / "state")},
         "metrics": {"flush_interval": "0.2s"},
+        # A test machine: loopback clients are admins (the validator warns, as it should for a real one).
+        "admin": {"allow_cidrs": ["127.0.0.0/8", "::1/128"]},
     }
     env = deep_merge(env, overlay or {})
     data.setdefault("environments", {})["e2e"] = env
