@@ -181,6 +181,11 @@ def _check(doc: LoadedDocument) -> None:
             c.strings(expect.get(name), f"{p}/expect/{name}")
         if "outcome" in expect and expect["outcome"] not in ("answer", "forward"):
             c.error(f"{p}/expect/outcome", "outcome must be 'answer' or 'forward'")
+        _check_expect_values(c, expect, f"{p}/expect")
+        for j, key in enumerate(world.get("api_keys") or []):
+            if isinstance(key, dict):
+                _check_duration(c, key.get("expires_in"), f"{p}/world/api_keys/{j}/expires_in", signed=True)
+                _check_rate_limit(c, key.get("rate_limit"), f"{p}/world/api_keys/{j}/rate_limit")
     if isinstance(cases, list) and not cases:
         c.error("/cases", "a test file needs at least one case")
     if c.diags:
@@ -192,6 +197,138 @@ def _check_auth(c: _Checker, auth: dict, pointer: str) -> None:
     kinds = [k for k in ("jwt", "api_key", "bearer") if k in auth]
     if len(kinds) != 1:
         c.error(pointer, "auth needs exactly one of jwt, api_key, bearer")
+    claims = auth.get("jwt")
+    if isinstance(claims, dict):
+        # These are options of the token, not claims: inside jwt: they would silently become claims (an
+        # "expired token" case with `jwt: {expires_in: -1h}` would send a valid token and test nothing).
+        for option in ("expires_in", "secret", "algorithm"):
+            if option in claims:
+                c.error(
+                    join_pointer(f"{pointer}/jwt", option),
+                    f"{option} is an option of auth, not a claim: inside jwt: it would be sent as a claim",
+                    f"move it next to jwt:, e.g. auth: {{jwt: {{sub: u1}}, {option}: ...}}",
+                    key=True,
+                )
+    _check_duration(c, auth.get("expires_in"), f"{pointer}/expires_in", signed=True)
+
+
+_CACHE_VALUES = ("HIT", "MISS", "BYPASS", "EXPIRED", "STALE", "REVALIDATED", "none")
+_AUTH_VALUES = ("public", "jwt", "api_key", "none", "failed")
+
+
+def _check_expect_values(c: _Checker, expect: dict, pointer: str) -> None:
+    """Values `expect` compares that can only be one of a few words: a typo would never match anything."""
+    cache = expect.get("cache")
+    if isinstance(cache, str) and cache not in _CACHE_VALUES:
+        close = [v for v in _CACHE_VALUES if v.lower() == cache.lower()] or difflib.get_close_matches(
+            cache, _CACHE_VALUES, n=1
+        )
+        c.error(
+            f"{pointer}/cache",
+            f"cache {cache!r} is not a cache status the edge reports; expected one of {', '.join(_CACHE_VALUES)}",
+            f"did you mean {close[0]!r}?" if close else "",
+        )
+    auth = expect.get("auth")
+    if isinstance(auth, str) and auth not in _AUTH_VALUES and not auth.startswith("failed:"):
+        close = difflib.get_close_matches(auth, _AUTH_VALUES, n=1)
+        c.error(
+            f"{pointer}/auth",
+            f"auth {auth!r} is not an auth outcome; expected one of {', '.join(_AUTH_VALUES)} or failed:REASON",
+            f"did you mean {close[0]!r}?" if close else "",
+        )
+
+
+def _check_duration(c: _Checker, value: Any, pointer: str, *, signed: bool) -> None:
+    if not isinstance(value, str):
+        return
+    text = value.strip()
+    if signed and text.startswith("-"):
+        text = text[1:]
+    try:
+        parse_duration(text)
+    except ValueError as e:
+        from edgerules.units import suggest_duration
+
+        guess = suggest_duration(value)
+        c.error(pointer, str(e), f"did you mean {guess!r}?" if guess else "")
+
+
+def _check_rate_limit(c: _Checker, value: Any, pointer: str) -> None:
+    if isinstance(value, str):
+        try:
+            parse_rate_limit(value)
+        except ValueError as e:
+            c.error(pointer, str(e), "write LIMIT/WINDOW, e.g. 100/1h")
+
+
+def check_against_policy(tf: TestFile, policy: Policy) -> list[Diagnostic]:
+    """Names in the test file that the policy does not define (regions, classes, rate limits, error kinds):
+    compared as written they could never match, so the case would fail (or pass) for the wrong reason."""
+    from edgerules.model import ERROR_KINDS
+
+    doc = tf.doc
+    if doc is None:
+        return []
+    out: list[Diagnostic] = []
+
+    def error(pointer: str, message: str, choices: Iterable[str], *, key: bool = False) -> None:
+        names = list(choices)
+        word = pointer.rsplit("/", 1)[-1] if key else ""
+        value = _get_pointer(doc.data, pointer) if not key else word
+        close = difflib.get_close_matches(str(value), names, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"defined: {', '.join(names) or 'none'}"
+        mark = doc.key_mark_for(pointer) if key else doc.mark_for(pointer)
+        out.append(Diagnostic("error", message, mark, pointer, hint))
+
+    regions = list(policy.regions)
+    classes = [c.name for c in policy.classify.classes] + [policy.classify.default_class]
+    priorities = [p.priority for p in policy.classify.priorities] + [policy.classify.default_priority]
+    limits = [rule.name for _, rule, _ in policy.rate_limits]
+    kinds = sorted({*ERROR_KINDS, *policy.errors})
+    answers = [*kinds, "preflight", "cache_hit", "not_modified"]
+    routing = [*policy.routing.priorities, "fallback"]
+    for i, case in enumerate(tf.cases):
+        p = f"/cases/{i}"
+        expect = case.data.get("expect") or {}
+        world = case.data.get("world") or {}
+        checks = [
+            ("region", regions, "region {!r} is not defined in the policy's regions"),
+            ("class", classes, "class {!r} is not a request class of the policy"),
+            ("request_priority", priorities, "request priority {!r} is not one the policy assigns"),
+            ("priority", routing, "routing priority {!r} is not one the edge reports"),
+            ("error", kinds, "error {!r} is not an error kind"),
+            ("answer", answers, "answer {!r} is not an answer kind"),
+        ]
+        for name, choices, message in checks:
+            value = expect.get(name)
+            if isinstance(value, str) and value not in choices:
+                error(f"{p}/expect/{name}", message.format(value), choices)
+        for j, region in enumerate(world.get("down") or []):
+            if isinstance(region, str) and region not in regions:
+                error(
+                    f"{p}/world/down/{j}",
+                    f"region {region!r} is not defined in the policy's regions",
+                    regions,
+                )
+        for rule in world.get("rate_limit_usage") or {}:
+            if rule not in limits:
+                error(
+                    join_pointer(f"{p}/world/rate_limit_usage", rule),
+                    f"rate limit {rule!r} is not a rate limit of the policy",
+                    limits,
+                    key=True,
+                )
+    return out
+
+
+def _get_pointer(data: Any, pointer: str) -> Any:
+    for part in pointer.strip("/").split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(data, list):
+            data = data[int(part)]
+        elif isinstance(data, dict):
+            data = data.get(part)
+    return data
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -214,6 +351,7 @@ class TestFile:
     time: float | None
     host: str
     cases: list[Case]
+    doc: LoadedDocument | None = None  # the file as loaded (marks for checks against the policy)
 
 
 def load_test_file(path: str | os.PathLike[str]) -> TestFile:
@@ -238,6 +376,7 @@ def load_test_file(path: str | os.PathLike[str]) -> TestFile:
         time=when,
         host=data.get("host", DEFAULT_HOST),
         cases=cases,
+        doc=doc,
     )
 
 
@@ -511,6 +650,8 @@ def run_file(path: str | os.PathLike[str]) -> FileResult:
     """Load a test file and its policy, run every case. PolicyError for a broken test file or policy."""
     tf = load_test_file(path)
     policy = load_policy_file(tf.policy_path, tf.env, environ=tf.environ, for_serving=False).policy
+    if problems := check_against_policy(tf, policy):
+        raise PolicyError(problems)
     coverage = Coverage.for_policy(policy)
     results = asyncio.run(_run_cases(tf, policy, coverage))
     return FileResult(tf, policy, results, coverage)

@@ -239,6 +239,26 @@ def _same(a: Any, b: Any) -> bool:
 
 def _value_problem(error: ValidationError, schema: dict[str, Any], value: Any) -> tuple[str, str]:
     """(message without the location, hint) for a problem with one value."""
+    message, hint = _value_problem_text(error, schema, value)
+    if not hint and isinstance(value, str) and (guess := _unit_suggestion(schema, value)):
+        hint = f"did you mean {guess!r}?"
+    return message, hint
+
+
+def _unit_suggestion(schema: dict[str, Any], value: str) -> str | None:
+    """A near-miss duration or size (`5 min`, `10M`) rewritten the way the parsers take it."""
+    from edgerules.units import suggest_duration, suggest_size
+
+    branches = [schema, *(b for b in schema.get("anyOf", []) if isinstance(b, dict))]
+    formats = {b.get("format") for b in branches}
+    if "edgerules-duration" in formats:
+        return suggest_duration(value)
+    if "edgerules-size" in formats:
+        return suggest_size(value)
+    return None
+
+
+def _value_problem_text(error: ValidationError, schema: dict[str, Any], value: Any) -> tuple[str, str]:
     keyword = error.validator
     expected = schema.get("x-expected")
     shown = _show(value)

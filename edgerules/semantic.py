@@ -183,6 +183,9 @@ def regex_problems(pattern: str) -> list[tuple[str, str, str]]:
             )
         ]
     problems = []
+    dead = _never_matches(pattern)
+    if dead:
+        return [("error", f"regex {pattern!r} can never match: {dead[0]}", dead[1])]
     if _has_nested_quantifier(pattern):
         problems.append(
             (
@@ -201,10 +204,94 @@ def regex_problems(pattern: str) -> list[tuple[str, str, str]]:
             (
                 "warning",
                 f"anchors in regex {pattern!r} are redundant: policy regexes match the whole value",
-                f"write {stripped!r}",
+                f"write {stripped!r}" if _compiles(stripped) else "remove the ^ and $ anchors",
             )
         )
     return problems
+
+
+def _top_level_tokens(pattern: str) -> Iterator[tuple[int, str, int]]:
+    """(index, token, depth) of the pattern's tokens: an escape, a [class] or one character."""
+    i, n, depth = 0, len(pattern), 0
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            yield i, pattern[i : i + 2], depth
+            i += 2
+            continue
+        if c == "[":
+            j = i + 1
+            if j < n and pattern[j] == "^":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 2 if pattern[j] == "\\" else 1
+            yield i, pattern[i : j + 1], depth
+            i = j + 1
+            continue
+        if c == "(":
+            depth += 1
+        yield i, c, depth
+        if c == ")":
+            depth -= 1
+        i += 1
+
+
+def _without_inner_anchors(pattern: str) -> str:
+    """The pattern with every unescaped `^`/`$` outside a character class removed."""
+    return "".join(tok for _, tok, _ in _top_level_tokens(pattern) if tok not in ("^", "$"))
+
+
+def _never_matches(pattern: str) -> tuple[str, str] | None:
+    """(why, hint) when an unescaped `$` must be followed by a character (or `^` preceded by one) in every
+    alternative of a top-level pattern, e.g. `^/authors/[0-9]+$/`: policy regexes match the whole value and
+    RE2's `$` is the end of it (no multi-line mode). Conservative: only top-level alternatives without groups."""
+    if "(" in pattern or "|" in pattern:
+        return None
+    tokens = list(_top_level_tokens(pattern))
+    for k, (_, tok, _) in enumerate(tokens):
+        after = [t for _, t, _ in tokens[k + 1 :]]
+        before = [t for _, t, _ in tokens[:k]]
+        if tok == "$" and after and _consumes(after):
+            fixed = _without_inner_anchors(pattern)
+            shorter = fixed[:-1] if fixed.endswith("/") and len(fixed) > 1 else ""
+            hint = f"write {fixed!r}" if _compiles(fixed) else "remove the '$'"
+            if shorter and _compiles(shorter):
+                hint += f" or {shorter!r}"
+            return (f"'$' is the end of the value, yet {''.join(after)!r} must follow it", hint)
+        if tok == "^" and before and _consumes(before):
+            fixed = _without_inner_anchors(pattern)
+            return (
+                f"'^' is the start of the value, yet {''.join(before)!r} must come before it",
+                f"write {fixed!r}" if _compiles(fixed) else "remove the '^'",
+            )
+    return None
+
+
+def _compiles(pattern: str) -> bool:
+    """Would a proposed pattern pass? (A hint must never suggest a regex that is refused in turn.)"""
+    if not pattern or _LOOKAROUND.search(pattern) or _BACKREF.search(pattern):
+        return False
+    try:
+        re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error:
+        return False
+    return True
+
+
+def _consumes(tokens: list[str]) -> bool:
+    """Must these tokens (no groups or alternatives) match at least one character?"""
+    if "{" in tokens:
+        return False  # a counted repeat (`x{0,2}`) may be empty: not worth a second parser here
+    for k, tok in enumerate(tokens):
+        if tok in ("^", "$", "*", "+", "?") or tok.startswith("{"):
+            continue
+        nxt = tokens[k + 1] if k + 1 < len(tokens) else ""
+        if nxt in ("*", "?") or nxt == "{":
+            continue  # optional
+        return True
+    return False
 
 
 def _has_nested_quantifier(pattern: str) -> bool:
@@ -329,6 +416,8 @@ def check_merged(
     _check_health(c, data)
     _check_latency(c, data)
     _check_admin(c, data, env)
+    _check_countries(c, data)
+    _check_rate_limits(c, data)
     if for_serving:
         _check_serving(c, data, environ)
     return c.out
@@ -432,7 +521,8 @@ def _check_matches(c: _Checker, data: dict[str, Any]) -> None:
                     ptr, f"class {name!r} is not defined in classify.classes", _did_you_mean(name, defined)
                 )
         for ptr, value in _values(m, "regex", pointer):
-            _report_regex(c, ptr, value)
+            if not _report_regex(c, ptr, value):
+                _check_path_regex_start(c, ptr, value)
         for _hptr, h in _header_conditions(m, pointer):
             if isinstance(h.get("regex"), str):
                 _report_regex(c, f"{_hptr}/regex", h["regex"])
@@ -441,9 +531,29 @@ def _check_matches(c: _Checker, data: dict[str, Any]) -> None:
                 _check_normalised(c, ptr, kind, value)
 
 
-def _report_regex(c: _Checker, pointer: str, pattern: str) -> None:
-    for severity, message, hint in regex_problems(pattern):
+def _report_regex(c: _Checker, pointer: str, pattern: str) -> bool:
+    """Report the regex's problems; True when one of them is an error."""
+    problems = regex_problems(pattern)
+    for severity, message, hint in problems:
         (c.error if severity == "error" else c.warning)(pointer, message, hint)
+    return any(severity == "error" for severity, _, _ in problems)
+
+
+def _check_path_regex_start(c: _Checker, pointer: str, pattern: str) -> None:
+    """A path regex must be able to start with '/': every normalised path does."""
+    body = pattern[1:] if pattern.startswith("^") else pattern
+    if "|" in body or not body:
+        return
+    tokens = [t for _, t, _ in _top_level_tokens(body)]
+    first = tokens[0]
+    optional = len(tokens) > 1 and tokens[1] in ("*", "?", "{")
+    if len(first) == 1 and (first.isalnum() or first in "-_~%") and not optional:
+        fixed = "/" + body
+        c.error(
+            pointer,
+            f"path regex {pattern!r} can never match: every path starts with '/'",
+            f"write {fixed!r}" if not regex_problems(fixed) else "start the pattern with '/'",
+        )
 
 
 def _check_normalised(c: _Checker, pointer: str, kind: str, value: str) -> None:
@@ -567,6 +677,13 @@ def _check_cache(c: _Checker, data: dict[str, Any]) -> None:
                         f"cache rule may not store status {s}: error responses are never cached",
                         "list only 2xx/3xx statuses such as [200, 203, 301]",
                     )
+        mode = rule.get("mode", "fixed")
+        if mode == "fixed" and "ttl" in rule and _seconds(rule.get("ttl")) == 0:
+            c.warning(
+                f"{pointer}/ttl",
+                f"cache rule {_rule_label(rule, '/cache/rules', i)} has ttl 0: it never serves a cached response",
+                "give a positive ttl such as 30s or 5m, or remove the rule (cache.never bypasses the cache)",
+            )
         key = rule.get("key")
         if not isinstance(key, dict) or key.get("principal") is not False or public is None:
             continue
@@ -772,3 +889,133 @@ def _check_latency(c: _Checker, data: dict[str, Any]) -> None:
             f"latency_target.min_ms ({lo}) is greater than max_ms ({hi})",
             "min_ms must be <= max_ms",
         )
+
+
+# ---- countries
+
+# ISO 3166-1 alpha-2, officially assigned codes (249).
+_ISO_TABLE = """
+    AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY
+    BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK
+    FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR
+    IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK
+    ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM
+    PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF
+    TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW
+"""
+ISO_COUNTRIES = frozenset(_ISO_TABLE.split())
+# Codes geo sources send that are not countries: unknown (XX) and Cloudflare's Tor exit nodes (T1).
+SPECIAL_COUNTRIES = {"XX": "unknown", "T1": "Tor (Cloudflare)"}
+# Frequent mistakes: reserved codes, language codes, regions that are not countries.
+_COUNTRY_MISTAKES = {
+    "UK": ("GB", "the United Kingdom is GB in ISO 3166-1 (UK is only reserved)"),
+    "EL": ("GR", "Greece is GR (EL is the EU's abbreviation)"),
+    "EN": ("GB", "EN is a language; countries where English is spoken have their own codes, e.g. GB, US"),
+    "JA": ("JP", "JA is the Japanese language; Japan is JP"),
+    "DA": ("DK", "DA is the Danish language; Denmark is DK"),
+    "SV": ("SE", "SV is El Salvador (and the Swedish language); Sweden is SE"),
+    "CS": ("CZ", "CS is the Czech language (formerly Serbia and Montenegro); Czechia is CZ"),
+    "ZH": ("CN", "ZH is the Chinese language; China is CN, Taiwan TW, Hong Kong HK"),
+    "KO": ("KR", "KO is the Korean language; South Korea is KR"),
+    "HE": ("IL", "HE is the Hebrew language; Israel is IL"),
+    "EU": (None, "EU is not a country: list the member states (DE, FR, ...)"),
+    "ON": ("CA", "ON is not a country (Ontario is a province of CA); geo headers carry countries"),
+    "QC": ("CA", "QC is not a country (Quebec is a province of CA); geo headers carry countries"),
+    "BC": ("CA", "BC is not a country (British Columbia is a province of CA); geo headers carry countries"),
+}
+
+
+def _user_assigned(code: str) -> bool:
+    """ISO 3166-1 leaves these to private use (a custom geo header may send them)."""
+    return code in ("AA", "ZZ") or (code[0] == "Q" and code[1] >= "M") or code[0] == "X"
+
+
+def country_problem(code: str) -> tuple[str, str] | None:
+    """(message, hint) when `code` is no ISO 3166-1 alpha-2 country a geo source can report."""
+    if not isinstance(code, str) or len(code) != 2 or not code.isalnum():
+        return None  # the schema reports the shape
+    upper = code.upper()
+    if upper in ISO_COUNTRIES or upper in SPECIAL_COUNTRIES or _user_assigned(upper):
+        return None
+    if upper in _COUNTRY_MISTAKES:
+        fix, why = _COUNTRY_MISTAKES[upper]
+        return (
+            f"{code!r} is not an ISO 3166-1 alpha-2 country code: no client will ever match it",
+            (f"did you mean {fix!r}? " if fix else "") + why,
+        )
+    return (
+        f"{code!r} is not an ISO 3166-1 alpha-2 country code: no client will ever match it",
+        "country codes: https://www.iso.org/obp/ui/#search/code/ (XX means unknown)",
+    )
+
+
+def _check_countries(c: _Checker, data: dict[str, Any]) -> None:
+    places: list[tuple[str, Any, bool]] = []
+    countries = _get(data, "routing", "countries")
+    if isinstance(countries, dict):
+        places += [(f"/routing/countries/{_esc(cc)}", cc, True) for cc in countries]
+    places.append(("/geo/default_country", _get(data, "geo", "default_country"), False))
+    for pointer, m in iter_matches(data):
+        places += [(ptr, value, False) for ptr, value in _values(m, "country", pointer)]
+    for pointer, code, is_key in places:
+        if not isinstance(code, str) or (problem := country_problem(code)) is None:
+            continue
+        message, hint = problem
+        mark = c.doc.key_mark_for(pointer) if is_key and hasattr(c.doc, "key_mark_for") else None
+        c.out.append(Diagnostic("error", message, mark or c.doc.mark_for(pointer), pointer, hint))
+
+
+# ---- rate limits that can never count
+
+
+def _auth_schemes(data: dict[str, Any]) -> set[str] | None:
+    """Every scheme any request may authenticate with; None when there is no auth section."""
+    auth = data.get("auth")
+    if not isinstance(auth, dict):
+        return None
+    schemes = set(_strings(auth.get("schemes")) if "schemes" in auth else ["bearer", "api_key"])
+    for _, r in _dicts(auth.get("rules")):
+        schemes |= set(_strings(r.get("schemes")))
+    return schemes
+
+
+def _check_rate_limits(c: _Checker, data: dict[str, Any]) -> None:
+    public = _public_matches(data)
+    schemes = _auth_schemes(data)
+    for i, rule in _dicts(data.get("rate_limits")):
+        pointer = f"/rate_limits/{i}"
+        key = rule.get("key")
+        label = _rule_label(rule, "/rate_limits", i)
+        if key not in ("api_key", "principal"):
+            if rule.get("per_key_override") is True:
+                c.warning(
+                    f"{pointer}/per_key_override",
+                    f"rate limit {label}: per_key_override only applies to key: api_key",
+                    "remove per_key_override, or count per API key with key: api_key",
+                )
+            continue
+        if schemes is None or (key == "api_key" and "api_key" not in schemes) or not schemes:
+            what = "API keys are not accepted" if schemes else "no request is authenticated"
+            c.warning(
+                f"{pointer}/key",
+                f"rate limit {label} (key: {key}) can never count: {what} by this policy's auth",
+                "count per client with key: client_ip, or enable the scheme in auth.schemes",
+            )
+            continue
+        match = rule.get("match") if isinstance(rule.get("match"), dict) else {}
+        if public and match and any(covers(p, match) for p in public):
+            c.warning(
+                f"{pointer}/match",
+                f"rate limit {label} (key: {key}) can never count: its requests are public "
+                "(auth.public), so they carry no authenticated identity",
+                "use key: client_ip for public paths, or make the paths require authentication",
+            )
+
+
+def per_key_override_rules(data: dict[str, Any]) -> list[str]:
+    """Names of the rate limits an API key's own `rate_limit` applies to (key: api_key, per_key_override)."""
+    return [
+        str(r.get("name"))
+        for _, r in _dicts(data.get("rate_limits"))
+        if r.get("key") == "api_key" and r.get("per_key_override") is True
+    ]

@@ -127,3 +127,60 @@ def format_size(n: int) -> str:
             best, best_mult = unit, mult
     name = best.upper().replace("I", "i") if best != "b" else "B"
     return f"{n // best_mult}{name}"
+
+
+# Units people write that the parsers do not take, mapped to the ones they do.
+_DURATION_ALIASES = {
+    "sec": "s", "secs": "s", "second": "s", "seconds": "s", "min": "m", "mins": "m", "minute": "m",
+    "minutes": "m", "hr": "h", "hrs": "h", "hour": "h", "hours": "h", "day": "d", "days": "d",
+    "msec": "ms", "msecs": "ms", "millis": "ms", "millisecond": "ms", "milliseconds": "ms",
+}  # fmt: skip
+_SIZE_ALIASES = {
+    "k": "KiB", "m": "MiB", "g": "GiB", "t": "TiB", "byte": "B", "bytes": "B", "kilobytes": "KB",
+    "megabytes": "MB", "gigabytes": "GB", "kibibytes": "KiB", "mebibytes": "MiB", "gibibytes": "GiB",
+}  # fmt: skip
+_NUMBER_UNIT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*([A-Za-z]+)\s*")
+
+
+def suggest_duration(value: object) -> str | None:
+    """A duration `parse_duration` accepts for a near miss: `5 min` -> `5m`, `1hr` -> `1h`, `2 weeks` -> `14d`."""
+    if not isinstance(value, str):
+        return None
+    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*([A-Za-z]+)", value)
+    if not parts or re.sub(r"[0-9.\sA-Za-z,]|and", "", value):
+        return None
+    out = []
+    for number, unit in parts:
+        low = unit.lower()
+        if low in ("w", "wk", "wks", "week", "weeks"):
+            days = float(number) * 7
+            number, low = (f"{days:g}", "d")
+        unit = _DURATION_ALIASES.get(low, low)
+        if unit not in _DURATION_UNITS:
+            return None
+        out.append(f"{number}{unit}")
+    text = "".join(out)
+    try:
+        parse_duration(text)
+    except ValueError:
+        return None
+    return text if text != value else None
+
+
+def suggest_size(value: object) -> str | None:
+    """A size `parse_size` accepts for a near miss: `10M` -> `10MiB`, `512 kilobytes` -> `512KB`."""
+    if not isinstance(value, str):
+        return None
+    m = _NUMBER_UNIT.fullmatch(value)
+    if m is None:
+        return None
+    number, unit = m.groups()
+    fixed = _SIZE_ALIASES.get(unit.lower())
+    if fixed is None:
+        return None
+    text = f"{number}{fixed}"
+    try:
+        parse_size(text)
+    except ValueError:
+        return None
+    return text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import re
 import time
 from pathlib import Path
@@ -208,3 +209,38 @@ def test_redis_down_exits_1_and_says_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "store unavailable" in err
     assert "Traceback" not in err
+
+
+def test_rate_limit_the_policy_ignores_is_refused(tmp_path, capsys):
+    """Without per_key_override the policy's own limit applies to every key: --rate-limit would be a silent no-op."""
+    policy = write_policy(
+        tmp_path,
+        PORTS,
+        {"rate_limits": [{"name": "api-key", "key": "api_key", "limit": 1000, "window": "1h"}]},
+    )
+    code, text = keys(policy, "add", "--user", "alice", "--role", "admin", "--rate-limit", "3/1m")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "--rate-limit 3/1m would have no effect" in err and "per_key_override: true" in err
+    assert not KEY_LINE.search(text + err)
+    assert keys(policy, "list")[1].strip().splitlines()[1:] == []
+    add(policy)  # without --rate-limit the key is fine
+
+
+def test_keys_json_output(disk_policy):
+    code, text = keys(
+        disk_policy, "add", "--user", "alice", "--role", "admin", "--rate-limit", "5/1m", "--format", "json"
+    )
+    assert code == 0, text
+    doc = json.loads(text)
+    assert KEY_LINE.fullmatch(doc["key"]) and doc["rate_limit"] == {"limit": 5, "window_seconds": 60.0}
+    assert authenticate(disk_policy, doc["key"]) == "ok"
+    listed = json.loads(keys(disk_policy, "list", "--format", "json")[1])
+    assert [k["key_id"] for k in listed["keys"]] == [doc["key_id"]] and doc["key"] not in json.dumps(listed)
+    shown = json.loads(keys(disk_policy, "show", doc["key_id"], "--format", "json")[1])
+    assert shown["status"] == "active" and shown["user"] == "alice"
+    assert (
+        json.loads(keys(disk_policy, "revoke", doc["key_id"], "--format", "json")[1])["revoked"]
+        == doc["key_id"]
+    )
+    assert json.loads(keys(disk_policy, "show", doc["key_id"], "--format", "json")[1])["status"] == "revoked"

@@ -11,6 +11,7 @@ import pytest
 from edgerules import model
 from edgerules.diagnostics import PolicyError
 from edgerules.envsubst import substitute_env, substitute_string
+from edgerules.loader import load_yaml_file
 from edgerules.policy import load_policy_file, validate_paths
 
 REPO = Path(__file__).parent.parent
@@ -206,8 +207,12 @@ def test_unknown_environment_lists_known_ones() -> None:
 def test_norway_unquoted_and_quoted_are_the_same_country(tmp_path: Path) -> None:
     for key in ("NO", '"NO"', "'NO'"):
         path = write(tmp_path, MINIMAL + f"  countries:\n    {key}: [a]\n    ON: [a]\n")
-        p = load_policy_file(path).policy
-        assert p.routing.countries == {"NO": ("a",), "ON": ("a",)}
+        # ON stays the string 'ON' (YAML 1.1 would read true) - and is then refused: it is no country.
+        assert list(load_yaml_file(path).data["routing"]["countries"]) == ["NO", "ON"]
+        with pytest.raises(PolicyError, match="'ON' is not an ISO 3166-1 alpha-2 country code"):
+            load_policy_file(path)
+        path = write(tmp_path, MINIMAL + f"  countries:\n    {key}: [a]\n")
+        assert load_policy_file(path).policy.routing.countries == {"NO": ("a",)}
 
 
 def test_policy_is_immutable() -> None:
