@@ -50,6 +50,7 @@ class ServeConfig:
     listen: str = DEFAULT_LISTEN
     mode: str | None = None  # None: reverse to the policy's first region
     settings: Sequence[str] = field(default_factory=tuple)  # mitmproxy "option=value" strings
+    certs: Sequence[str] = field(default_factory=tuple)  # "[domain=]path" PEM files (certificate + key): TLS
     workers: int = 1  # worker processes (edgerules.supervisor); 1: this process serves
     drain_timeout: float = 30.0  # SIGTERM: the longest in-flight requests may take before we exit anyway
 
@@ -212,6 +213,8 @@ def configure_options(opts: options.Options, config: ServeConfig, mode: str) -> 
     builds the edge runtime, which must see every other option (e.g. `edgerules_reload_interval`)."""
     host, port = parse_listen(config.listen)
     opts.update(listen_host=host, listen_port=port, mode=[mode], connection_strategy="lazy")
+    if config.certs:  # clients that open TLS get this certificate; ALPN offers h2 and http/1.1
+        opts.update(certs=list(config.certs))
     if config.settings:
         opts.set(*config.settings)
     opts.update(edgerules_policy=config.policy_path, edgerules_env=config.env or "")

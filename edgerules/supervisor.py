@@ -130,6 +130,8 @@ class Supervisor:
         argv += ["--listen", f"{host}:{self.port}", "--drain-timeout", str(c.drain_timeout)]
         if c.mode:
             argv += ["--mode", c.mode]
+        for cert in c.certs:
+            argv += ["--certs", cert]
         for setting in c.settings:
             argv += ["--set", setting]
         return argv

@@ -38,6 +38,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="set a mitmproxy or edgerules option (repeatable), e.g. --set edgerules_reload_interval=5",
     )
     p.add_argument(
+        "--certs",
+        action="append",
+        default=[],
+        metavar="[DOMAIN=]PEM",
+        help="terminate TLS with this certificate: a PEM file holding the certificate (chain) and its private key; "
+        "DOMAIN (may be *.example.com) picks it by SNI (repeatable; default domain *). HTTP/2 is offered by ALPN. "
+        "Plain-HTTP clients are still served on the same port",
+    )
+    p.add_argument(
         "--workers",
         default="1",
         metavar="N|auto",
@@ -71,6 +80,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         listen=args.listen,
         mode=args.mode,
         settings=tuple(args.settings),
+        certs=tuple(args.certs),
         workers=workers,
         drain_timeout=args.drain_timeout,
     )
