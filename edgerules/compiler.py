@@ -13,7 +13,7 @@ import ipaddress
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, overload
 from urllib.parse import urlsplit
 
 from edgerules import model
@@ -108,10 +108,18 @@ def _scalar_text(v: Any) -> str:
     return str(v)
 
 
+@overload
+def _duration(value: Any, default: float) -> float: ...
+@overload
+def _duration(value: Any, default: None = None) -> float | None: ...
 def _duration(value: Any, default: float | None = None) -> float | None:
     return default if value is None else parse_duration(value)
 
 
+@overload
+def _size(value: Any, default: int) -> int: ...
+@overload
+def _size(value: Any, default: None = None) -> int | None: ...
 def _size(value: Any, default: int | None = None) -> int | None:
     return default if value is None else parse_size(value)
 
@@ -486,7 +494,7 @@ def _cache(ctx: _Ctx, raw: Mapping[str, Any] | None) -> model.CacheSettings | No
         return None
     d = model.CacheSettings()
     global_key_headers = tuple(str(h).lower() for h in raw.get("key_headers") or ())
-    global_max = _size(raw.get("max_body_size"), CacheRule.__dataclass_fields__["max_body_size"].default)
+    global_max = _size(raw.get("max_body_size"), CacheRule(name="", source="").max_body_size)
     rules = []
     for i, r in enumerate(raw.get("rules") or []):
         pointer = f"/cache/rules/{i}"

@@ -179,7 +179,7 @@ class _Renderer:
             return " or ".join(self.type_of(branch) for branch in schema["anyOf"])
         kind = schema.get("type")
         if isinstance(kind, list):
-            return " or ".join(_NOUNS.get(k, k) for k in kind)
+            return " or ".join(_NOUNS.get(k, str(k)) for k in kind)
         if kind == "array":
             return f"list of {self.type_of(schema.get('items', {}))}"
         if kind == "object" and isinstance(schema.get("additionalProperties"), dict):

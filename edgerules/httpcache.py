@@ -140,7 +140,9 @@ def parse_cache_control(value: str | Iterable[str] | None) -> dict[str, str | No
 
 
 def _split_outside_quotes(text: str) -> list[str]:
-    parts, current, quoted, escaped = [], [], False, False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
     for ch in text:
         if escaped:
             escaped = False

@@ -261,7 +261,7 @@ class _PyLoader(Reader, Scanner, Parser, Composer, _Resolver):
 
 _LOADERS: list[type] = []
 try:
-    from yaml.cyaml import CParser
+    from yaml._yaml import CParser
 except ImportError:  # PyYAML built without libyaml
     pass
 else:
@@ -493,6 +493,8 @@ class _Converter:
                     self.convert(item, join_pointer(pointer, i), depth + 1, alias_depth)
                     for i, item in enumerate(node.value)
                 ]
+            if not isinstance(node, MappingNode):  # the composer builds only scalars, sequences and mappings
+                raise self.error(node, f"unsupported YAML node {type(node).__name__}", pointer=pointer)
             self.check_tag(node, MAP, pointer)
             out: dict[str, Any] = {}
             for key, key_node, value_node in self.pairs(node, pointer, 0):

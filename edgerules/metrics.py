@@ -112,7 +112,7 @@ def rollup_fields(records: Iterable[RequestRecord], buckets_ms: Sequence[float])
     """Fold records (of one hour) into rollup field increments."""
     bounds = sorted(buckets_ms)
     names = [bucket_name(b) for b in (*bounds, math.inf)]
-    out: Counter[str] = Counter()
+    out: Counter[str] = Counter()  # latency totals are floats: typeshed types Counter values as int only
     # every bucket is present (zero or not): percentile interpolation needs each bucket's lower bound
     for name in names:
         out[f"lat_bucket:{name}"] += 0
@@ -125,9 +125,9 @@ def rollup_fields(records: Iterable[RequestRecord], buckets_ms: Sequence[float])
                 out[f"rlat:{region}:{name}"] += 0
         bucket = _bucket_for(rec.latency_ms, bounds)
         out["requests"] += 1
-        out["latency_ms_total"] += rec.latency_ms
+        out["latency_ms_total"] += rec.latency_ms  # type: ignore[assignment]
         if rec.upstream_ms is not None:
-            out["upstream_ms_total"] += rec.upstream_ms
+            out["upstream_ms_total"] += rec.upstream_ms  # type: ignore[assignment]
             out["upstream_count"] += 1
         if rec.response_bytes is not None:
             out["bytes_total"] += rec.response_bytes

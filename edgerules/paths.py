@@ -195,9 +195,10 @@ class PathMatcher:
             for seg in split_path(path) if segments is None else segments:
                 if node.child_terminal is not None:
                     return node.child_terminal
-                node = node.children.get(seg)
-                if node is None:
+                child = node.children.get(seg)
+                if child is None:
                     break
+                node = child
                 if node.terminal is not None:
                     return node.terminal
             else:  # every segment walked: a strict prefix (`/voice/`) matches `/voice/...` ending in `/`

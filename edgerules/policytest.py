@@ -769,9 +769,11 @@ def _authorization(policy: Policy, auth: Mapping[str, Any], keys: Mapping[str, _
     else:
         config = policy.auth.jwt if policy.auth else None
         secret = config.secret if config is not None else None
-        if secret is None and algorithm != "none":
-            raise CaseError("auth.jwt: the policy has no JWT secret (set it in the test file's environ)")
-    token = jwt.encode(claims, None if algorithm == "none" else secret, algorithm=algorithm)
+    if algorithm == "none":
+        secret = ""  # PyJWT's "none" algorithm takes no key ("" or None)
+    elif secret is None:
+        raise CaseError("auth.jwt: the policy has no JWT secret (set it in the test file's environ)")
+    token = jwt.encode(claims, secret, algorithm=algorithm)
     return f"Bearer {token}"
 
 
@@ -858,6 +860,7 @@ async def _use_rate_limit(
         raise CaseError(f"world.rate_limit_usage: no rate limit named {rule_name!r} (policy has: {names})")
     rule, override = found[0]
     window = rule.window
+    subject: str | None
     if rule.key == "client_ip":
         subject = request.client_ip
     else:
@@ -919,8 +922,8 @@ class Coverage:
         if policy.auth is not None:
             if policy.auth.public is not None:
                 refs.append(RuleRef("auth", "public", policy.auth.public_source))
-            for rule in policy.auth.rules:
-                refs.append(RuleRef("auth", f"rule schemes={list(rule.schemes)}", rule.source))
+            for arule in policy.auth.rules:
+                refs.append(RuleRef("auth", f"rule schemes={list(arule.schemes)}", arule.source))
         for _m, rule, _o in policy.rate_limits:
             refs.append(RuleRef("rate_limit", rule.name, rule.source))
         if policy.cache is not None:

@@ -279,10 +279,10 @@ def render_text(report: ReplayReport) -> str:
         lines.append(f"#{change.index} {req.method} {req.url} (country {change.country or '-'})")
         for name, (old, new) in change.fields.items():
             lines.append(f"    {name}: {old} -> {new}")
-        for name, (old, new) in change.headers.items():
+        for name, (old_value, new_value) in change.headers.items():
             lines.append(
-                f"    header {name}: {old if old is not None else '(unset)'} -> "
-                f"{new if new is not None else '(unset)'}"
+                f"    header {name}: {old_value if old_value is not None else '(unset)'} -> "
+                f"{new_value if new_value is not None else '(unset)'}"
             )
         for entry in change.new_trace:
             where = f"  ({entry.source})" if entry.source else ""

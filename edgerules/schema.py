@@ -111,7 +111,8 @@ def _typos(errors: Iterable[ValidationError]) -> dict[str, set[str]]:
         schema = error.schema if isinstance(error.schema, dict) else {}
         if error.validator == "additionalProperties" and schema.get("additionalProperties") is False:
             allowed = list(schema.get("properties", {}))
-            guesses = {_did_you_mean(str(k), allowed) for k in error.instance if k not in allowed}
+            instance = error.instance if isinstance(error.instance, dict) else {}
+            guesses = {_did_you_mean(str(k), allowed) for k in instance if k not in allowed}
             out.setdefault(_pointer(error.absolute_path), set()).update(g for g in guesses if g)
     return out
 
@@ -160,7 +161,8 @@ def _diagnose(
         )
         return
     if keyword == "required":
-        for key in error.validator_value:
+        required = error.validator_value if isinstance(error.validator_value, list) else []
+        for key in required:
             # A misspelt key is reported once, as unknown with "did you mean", not also as missing.
             if isinstance(value, dict) and key not in value and key not in typos.get(pointer, ()):
                 yield Diagnostic(
@@ -263,7 +265,7 @@ def _value_problem_text(error: ValidationError, schema: dict[str, Any], value: A
     expected = schema.get("x-expected")
     shown = _show(value)
     if keyword == "enum":
-        choices = [str(c) for c in error.validator_value]
+        choices = [str(c) for c in error.validator_value] if isinstance(error.validator_value, list) else []
         what = expected or "a valid value"
         guess = _did_you_mean(str(value), choices) if isinstance(value, str) else None
         return (
@@ -281,11 +283,11 @@ def _value_problem_text(error: ValidationError, schema: dict[str, Any], value: A
         return f"expected {expected}, got {shown}", ""
     if expected and keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         return f"expected {expected}, got {shown}", ""
-    limit = error.validator_value
+    limit: Any = error.validator_value  # set on every error iter_errors yields (the stubs allow Unset)
     match keyword:
         case "type":
             types = limit if isinstance(limit, list) else [limit]
-            return f"expected {' or '.join(_TYPE_NOUNS.get(t, t) for t in types)}, got {shown}", ""
+            return f"expected {' or '.join(_TYPE_NOUNS.get(t, str(t)) for t in types)}, got {shown}", ""
         case "minimum":
             return f"must be at least {limit}, got {shown}", ""
         case "maximum":

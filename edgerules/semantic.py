@@ -687,8 +687,8 @@ def _check_cache(c: _Checker, data: dict[str, Any]) -> None:
         key = rule.get("key")
         if not isinstance(key, dict) or key.get("principal") is not False or public is None:
             continue
-        match = rule.get("match") if isinstance(rule.get("match"), dict) else {}
-        if not any(covers(p, match) for p in public):
+        match = rule.get("match")
+        if not any(covers(p, match if isinstance(match, dict) else {}) for p in public):
             c.error(
                 f"{pointer}/key/principal",
                 "key.principal: false on a path that requires authentication would share one user's cached "
@@ -858,7 +858,8 @@ def _seconds(value: Any) -> float | None:
 
 
 def _check_health(c: _Checker, data: dict[str, Any]) -> None:
-    top = data.get("health") if isinstance(data.get("health"), dict) else {}
+    health = data.get("health")
+    top: dict[str, Any] = health if isinstance(health, dict) else {}
     probes: list[tuple[str, dict[str, Any]]] = [("/health", top)]
     regions = data.get("regions")
     if isinstance(regions, dict):

@@ -6,7 +6,7 @@ import math
 import re
 from fractions import Fraction
 
-_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1, "ms": Fraction(1, 1000)}
+_DURATION_UNITS: dict[str, int | Fraction] = {"d": 86400, "h": 3600, "m": 60, "s": 1, "ms": Fraction(1, 1000)}
 _DURATION_ORDER = ["d", "h", "m", "s", "ms"]
 _DURATION_PART = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*(ms|d|h|m|s)")
 _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
@@ -105,7 +105,7 @@ def format_duration(seconds: float) -> str:
         return f"{ms}ms"
     parts = []
     for unit in ("d", "h", "m"):
-        unit_ms = _DURATION_UNITS[unit] * 1000
+        unit_ms = int(_DURATION_UNITS[unit] * 1000)
         count, ms = divmod(ms, unit_ms)
         if count:
             parts.append(f"{count}{unit}")

@@ -155,7 +155,7 @@ def test_list_get_and_cli_helpers() -> None:
         listing = await cmd_keys_list(store, now=NOW)
         assert key_id in listing and "alice" in listing and "bob" in listing
         assert key not in listing and key2 not in listing
-        assert [r.user for r in await store.list()] == ["alice", "bob"]
+        assert [r.user for r in await store.records()] == ["alice", "bob"]
 
         shown = await cmd_keys_show(store, key_id, now=NOW)
         assert "alice" in shown and "active" in shown and key not in shown

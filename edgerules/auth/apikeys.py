@@ -203,7 +203,7 @@ class ApiKeyStore:
         found = await self._find(key_id)
         return found[1] if found else None
 
-    async def list(self) -> list[ApiKeyRecord]:
+    async def records(self) -> list[ApiKeyRecord]:
         """All well-formed records, oldest first (malformed ones are counted by `scan`)."""
         return (await self.scan())[0]
 

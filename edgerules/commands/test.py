@@ -66,11 +66,11 @@ def _text(results: list[FileResult], broken: Broken, coverage: bool, out: TextIO
         print(f"ERROR {path}: cannot run", file=out)
         print(format_diagnostics(exc.diagnostics, "text"), file=out)
     for fr in results:
-        failed = [r for r in fr.results if not r.passed]
-        for r in failed:
+        failures = [r for r in fr.results if not r.passed]
+        for r in failures:
             print(failure_text(r), file=out)
             print(file=out)
-        print(f"{fr.test_file.path}: {len(fr.results) - len(failed)}/{len(fr.results)} passed", file=out)
+        print(f"{fr.test_file.path}: {len(fr.results) - len(failures)}/{len(fr.results)} passed", file=out)
         if coverage:
             missing = fr.coverage.missing()
             total = len(fr.coverage.rules)

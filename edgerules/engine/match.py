@@ -92,6 +92,6 @@ def match_request(
             return False
         if cond.contains is not None and cond.contains not in value:
             return False
-        if cond.regex is not None and cond.regex.fullmatch(value) is None:
+        if cond.regex is not None and cond.regex.fullmatch(value) is None:  # type: ignore[attr-defined]
             return False
     return True

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -147,7 +148,10 @@ class RedisStore:
     # -- the Store interface ------------------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
-        return await self._call(lambda: self._client.get(self._k(key)), idempotent=True)
+        # the client is built without decode_responses: every reply is bytes (the stubs also allow str)
+        return await self._call(
+            lambda: cast("Awaitable[bytes | None]", self._client.get(self._k(key))), idempotent=True
+        )
 
     async def set(self, key: str, value: bytes, ttl: float | None = None, tags: Sequence[str] = ()) -> None:
         name = self._k(writable_key(key))
@@ -196,7 +200,7 @@ class RedisStore:
 
     async def hgetall(self, key: str) -> dict[str, float]:
         raw = await self._call(lambda: self._client.hgetall(self._k(key)), idempotent=True)
-        return {field.decode(): float(value) for field, value in raw.items()}
+        return {field.decode(): float(value) for field, value in cast("dict[bytes, bytes]", raw).items()}
 
     async def keys(self, prefix: str) -> list[str]:
         names = await self._call(lambda: self._scan(prefix), bounded=False, idempotent=True)
@@ -213,7 +217,7 @@ class RedisStore:
             deleted = 0
             # SPOP removes members as we go, so entries tagged meanwhile are not lost from the set.
             while members := await self._client.spop(self._tag(tag), _BATCH):
-                deleted += await self._unlink_each(members)
+                deleted += await self._unlink_each(cast("list[bytes]", members))  # SPOP with a count: a list
             return deleted
 
         return await self._call(op, bounded=False)
