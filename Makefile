@@ -51,6 +51,7 @@ conformance: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports  # the layer contracts in pyproject.toml ([tool.importlinter])
 
 format: venv
 	$(BIN)/ruff check --fix .
