@@ -17,6 +17,7 @@ from mitmproxy.net.http import status_codes
 from edgerules.admin import handle_admin, refusal_at_head
 from edgerules.diagnostics import PolicyError
 from edgerules.engine.errors import error_answer
+from edgerules.engine.headers import forwarded_request_fields, relayed_response_fields
 from edgerules.engine.values import Answer, EdgeRequest, Forward
 from edgerules.flowconv import edge_request
 from edgerules.flowview import ERROR_MARK, META, decision_data, internal_error_data, summary
@@ -91,38 +92,6 @@ def _message(status: int, reason: bytes, headers: http.Headers, body: bytes, now
 
 def _bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")  # as mitmproxy's Headers encode str names and values
-
-
-def merged_fields(
-    fields: tuple[tuple[bytes, bytes], ...],
-    to_set: list[tuple[str, str]],
-    to_remove: list[str],
-) -> tuple[tuple[bytes, bytes], ...]:
-    """Header fields after `headers.pop(name)` for each of `to_remove`, then `headers[name] = value` for each
-    of `to_set`, in one pass (each of those calls rescans every field). Same result: a set name replaces
-    the first remaining field of that name in place (its spelling kept) and drops the others, or is
-    appended in the order first set; the last value set wins."""
-    dropped = {_bytes(name).lower() for name in to_remove}
-    values: dict[bytes, tuple[bytes, bytes]] = {}
-    for name, value in to_set:
-        key = _bytes(name)
-        low = key.lower()
-        previous = values.get(low)
-        values[low] = (previous[0] if previous else key, _bytes(value))
-    out = []
-    placed = set()
-    for key, value in fields:
-        low = key.lower()
-        if low in dropped:
-            continue
-        new = values.get(low)
-        if new is None:
-            out.append((key, value))
-        elif low not in placed:
-            placed.add(low)
-            out.append((key, new[1]))
-    out.extend(field for low, field in values.items() if low not in placed)
-    return tuple(out)
 
 
 def _edge_request(flow: http.HTTPFlow) -> EdgeRequest:
@@ -254,7 +223,7 @@ class EdgeRules:
             else:
                 flow.response = response
         elif outcome.stream:
-            self._forward_natively(flow, outcome)
+            self._forward_natively(flow, outcome, req.websocket)
 
     def _remember(self, flow: http.HTTPFlow, live: Live) -> None:
         table = self.live
@@ -264,7 +233,7 @@ class EdgeRules:
             table.pop(next(iter(table)))
         table[flow.id] = live
 
-    def _forward_natively(self, flow: http.HTTPFlow, forward: Forward) -> None:
+    def _forward_natively(self, flow: http.HTTPFlow, forward: Forward, websocket: bool) -> None:
         """Streams and WebSockets: mitmproxy carries the bytes; we only choose where they go."""
         target = forward.targets[0]
         request = flow.request
@@ -275,10 +244,15 @@ class EdgeRules:
         live = self.live.get(flow.id)
         if live is not None:
             live.origin = f"{target.scheme}://{target.host}:{target.port}"
-        for name in forward.remove_headers:
-            request.headers.pop(name, None)
-        for name, value in (*forward.set_headers, *target.headers):
-            request.headers[name] = value
+        request.headers.fields = tuple(
+            forwarded_request_fields(
+                request.headers.fields,
+                forward.target_edits(target),
+                framing_kept=True,
+                websocket=websocket,
+                encode=_bytes,
+            )
+        )
         request.stream = True
 
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -385,10 +359,17 @@ class EdgeRules:
     def _apply_headers(self, flow: http.HTTPFlow, live: Live, exchange: Exchange) -> None:
         assert self.runtime is not None and flow.response is not None
         response = flow.response
-        to_set, to_remove = self.runtime.finish(
-            exchange, response.status_code, response.headers.items(multi=True)
+        edits = self.runtime.finish(exchange, response.status_code, response.headers.items(multi=True))
+        request = live.request
+        response.headers.fields = tuple(
+            relayed_response_fields(
+                response.headers.fields,
+                edits,
+                framing_kept=True,  # the flow's own framing: the edge's Content-Length, or the stream's
+                upgrade=response.status_code == 101 and request is not None and request.websocket,
+                encode=_bytes,
+            )
         )
-        response.headers.fields = merged_fields(response.headers.fields, to_set, to_remove)
         live.headers_done = True
 
     def _finish(self, flow: http.HTTPFlow, live: Live | None) -> None:

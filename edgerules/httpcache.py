@@ -33,6 +33,7 @@ from json.encoder import encode_basestring_ascii as _json_string
 from typing import Literal
 from urllib.parse import urljoin, urlsplit
 
+from edgerules.engine.headers import HOP_BY_HOP as _HOP_BY_HOP
 from edgerules.headerview import HeaderView
 
 type HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]]
@@ -41,9 +42,7 @@ type VaryValues = tuple[tuple[str, str | None], ...]
 KEY_PREFIX = "cache:"
 """Every store key written by the response cache starts with this (``purge(all=True)`` purges it)."""
 
-HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
-)
+HOP_BY_HOP = _HOP_BY_HOP  # one definition for every path: edgerules/engine/headers.py
 NEVER_CACHED_STATUSES = frozenset({206, 304})
 MAX_DELTA = 2**31  # RFC 9111 1.2.2: delta-seconds saturate at 2^31
 MIN_REVALIDATION_KEEP = 60.0
@@ -103,7 +102,7 @@ def _connection_nominated(view: HeaderView) -> set[str]:
 
 def _is_hop_by_hop(name: str, nominated: set[str]) -> bool:
     lname = name.lower()
-    return lname in HOP_BY_HOP or lname.startswith("proxy-") or lname in nominated
+    return lname in HOP_BY_HOP or lname in nominated
 
 
 def storable_headers(headers: HeaderInput, *, drop: Iterable[str] = ()) -> tuple[tuple[str, str], ...]:

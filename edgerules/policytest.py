@@ -30,8 +30,17 @@ import jwt
 from edgerules.auth.apikeys import hash_key, parse_rate_limit
 from edgerules.diagnostics import Diagnostic, Mark, PolicyError
 from edgerules.engine.core import decide_request, response_headers
+from edgerules.engine.headers import forwarded_request_fields, relayed_response_fields
 from edgerules.engine.state import EngineState
-from edgerules.engine.values import Answer, Decision, EdgeRequest, EdgeResponse, HeaderView, TraceEntry
+from edgerules.engine.values import (
+    Answer,
+    Decision,
+    EdgeRequest,
+    EdgeResponse,
+    Forward,
+    HeaderView,
+    TraceEntry,
+)
 from edgerules.health import HealthRegistry
 from edgerules.loader import LoadedDocument, join_pointer, load_policy, load_yaml_file
 from edgerules.model import Policy
@@ -461,28 +470,32 @@ def build_request(
 # ------------------------------------------------------------------------------------------- observing
 
 
-def forwarded_headers(request: EdgeRequest, decision: Decision) -> list[tuple[str, str]]:
-    """The headers the first target region receives (client headers after removals and rewrites)."""
+def forwarded_headers(
+    request: EdgeRequest, decision: Decision, target_index: int = 0
+) -> list[tuple[str, str]]:
+    """The header fields a target region receives, as the live edge builds them (`engine/headers.py`): the
+    buffered client's for ordinary requests, mitmproxy's (framing kept) for streams and WebSockets."""
     outcome = decision.outcome
-    assert not isinstance(outcome, Answer)
-    pairs = list(request.headers.pairs)
-    removed = set(outcome.remove_headers)
-    pairs = [(n, v) for n, v in pairs if n.lower() not in removed]
-    target_headers = outcome.targets[0].headers if outcome.targets else ()
-    return _apply_set(pairs, [*outcome.set_headers, *target_headers])
+    assert isinstance(outcome, Forward)
+    targets = outcome.targets
+    edits = outcome.target_edits(targets[target_index]) if targets else outcome.edits
+    return forwarded_request_fields(
+        list(request.headers.pairs),
+        edits,
+        framing_kept=outcome.stream,
+        websocket=outcome.stream and request.websocket,
+    )
 
 
-def _apply_set(pairs: list[tuple[str, str]], to_set: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Each set header replaces earlier values of the same name (the first set value wins over the client)."""
-    out = list(pairs)
-    seen: set[str] = set()
-    for name, value in to_set:
-        low = name.lower()
-        if low not in seen:
-            out = [(n, v) for n, v in out if n.lower() != low]
-            seen.add(low)
-        out.append((name, value))
-    return out
+def client_response_headers(
+    decision: Decision, policy: Policy, base: EdgeResponse, now: float
+) -> list[tuple[str, str]]:
+    """The header fields the client receives for `base` (an origin's response or the edge's own answer):
+    its end-to-end fields, then the response phase's edits, as the addon applies them (framing aside)."""
+    edits = response_headers(decision, policy, base, now=now)
+    upgrade = base.status == 101 and decision.request is not None and decision.request.websocket
+    pairs = list(base.headers.pairs)
+    return relayed_response_fields(pairs, edits, framing_kept=False, upgrade=upgrade)
 
 
 def final_response(
@@ -495,10 +508,7 @@ def final_response(
         body: bytes | None = outcome.body
     else:
         base, body = origin, None
-    to_set, to_remove = response_headers(decision, policy, base, now=now)
-    removed = {n.lower() for n in to_remove}
-    pairs = [(n, v) for n, v in base.headers.pairs if n.lower() not in removed]
-    return base.status, _apply_set(pairs, to_set), body
+    return base.status, client_response_headers(decision, policy, base, now), body
 
 
 @dataclass(slots=True)
@@ -958,8 +968,8 @@ class Coverage:
             probe = dataclasses.replace(
                 policy, headers=dataclasses.replace(policy.headers, response=(probe_rule,))
             )
-            to_set, _ = response_headers(decision, probe, response, now=0.0)
-            if _COVERAGE_PROBE in to_set:
+            edits = response_headers(decision, probe, response, now=0.0)
+            if _COVERAGE_PROBE in edits.set:
                 self.seen_refs.add(RuleRef("response header", rule.name, rule.source))
 
     def merge(self, other: Coverage) -> None:

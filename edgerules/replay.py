@@ -18,6 +18,7 @@ from edgerules.engine.values import Answer, Decision, EdgeRequest, TraceEntry
 from edgerules.flowconv import edge_request
 from edgerules.health import HealthRegistry
 from edgerules.model import Policy
+from edgerules.policytest import forwarded_headers
 from edgerules.stores.memory import MemoryStore
 
 # The decision fields compared, in report order.
@@ -108,7 +109,9 @@ class Digest:
     """What an author cares about in one decision (values as short strings; "-" when not applicable)."""
 
     values: dict[str, str]
-    headers: dict[str, str]  # request headers the edge sets towards the origin (lower-case names)
+    headers: dict[
+        str, str
+    ]  # header fields the first region receives (lower-case names), as the edge sends them
     trace: tuple[TraceEntry, ...]
 
     @classmethod
@@ -127,7 +130,8 @@ class Digest:
                 values["region"] = first.region
                 values["routing_priority"] = first.priority + (" (degraded)" if first.degraded else "")
             values["failover"] = " > ".join(t.region for t in outcome.targets) or "-"
-            for name, value in (*outcome.set_headers, *(first.headers if first else ())):
+            sent = forwarded_headers(decision.request, decision) if decision.request is not None else []
+            for name, value in sent:
                 key = name.lower()
                 headers[key] = f"{headers[key]}, {value}" if key in headers else value
         values["auth"] = ctx.auth_outcome

@@ -17,6 +17,7 @@ from edgerules.cache import RevalidationGate
 from edgerules.diagnostics import PolicyError
 from edgerules.engine.core import answer_from_entry, body_too_large, decide_request, response_headers
 from edgerules.engine.errors import error_answer
+from edgerules.engine.headers import NO_EDITS, HeaderEdits
 from edgerules.engine.state import EngineState
 from edgerules.engine.values import (
     Answer,
@@ -249,7 +250,7 @@ class EdgeRuntime:
         ctx = decision.context
         last_error: UpstreamError | None = None
         for target in forward.targets:
-            headers = request_headers(original_headers, forward.set_headers, forward.remove_headers, target)
+            headers = request_headers(original_headers, forward.edits, target)
             try:
                 response = await self.upstream.send(
                     method,
@@ -301,13 +302,11 @@ class EdgeRuntime:
     def _note(decision: Decision, phase: str, rule: str, outcome: str, detail: str) -> None:
         decision.trace.append(TraceEntry(phase, rule, outcome, detail))
 
-    def finish(
-        self, exchange: Exchange, status: int, headers: Sequence[tuple[str, str]]
-    ) -> tuple[list[tuple[str, str]], list[str]]:
-        """Response-phase headers for whatever the client is about to get."""
+    def finish(self, exchange: Exchange, status: int, headers: Sequence[tuple[str, str]]) -> HeaderEdits:
+        """Response-phase header edits for whatever the client is about to get."""
         now = time.time()
         if exchange.policy is None:
-            return [], []
+            return NO_EDITS
         # The cache decides on what the origin said, not on the policy's response rules applied after this.
         # `headers` may be a generator (mitmproxy's items()): read it once, for both.
         exchange.extra["origin_headers"] = headers = list(headers)
@@ -425,10 +424,7 @@ class EdgeRuntime:
             forward = exchange.decision.outcome
             assert isinstance(forward, Forward)
             conditional = {"if-none-match", "if-modified-since"}
-            exchange.decision.outcome = replace(
-                forward,
-                set_headers=tuple((n, v) for n, v in forward.set_headers if n.lower() not in conditional),
-            )
+            exchange.decision.outcome = replace(forward, edits=forward.edits.without_set(conditional))
             self._note(exchange.decision, "cache", ctx.cache_rule.name, "refetch", "304 for another entry")
             return None
         return self._answer_from_entry(exchange, merged, client_headers, "REVALIDATED", now)
@@ -473,9 +469,7 @@ class EdgeRuntime:
         cache, passive = self.state.cache, policy.passive_health
         try:
             for target in forward.targets:
-                headers = request_headers(
-                    req.headers.pairs, forward.set_headers, forward.remove_headers, target
-                )
+                headers = request_headers(req.headers.pairs, forward.edits, target)
                 request_time = time.time()
                 try:
                     response = await self.upstream.send(

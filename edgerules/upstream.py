@@ -20,23 +20,11 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from edgerules.engine.headers import FRAMING, HOP_BY_HOP, HeaderEdits, end_to_end, forwarded_request_fields
 from edgerules.engine.values import Target
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-    }
-)
+_NOT_RELAYED = HOP_BY_HOP | FRAMING  # response fields the parser consumes (framing) or drops (hop-by-hop)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # Content-Length: 0 even without a body
 _NO_BODY_STATUSES = frozenset({204, 304})
 _HEX = b"0123456789abcdefABCDEF"
@@ -335,7 +323,7 @@ class _Connection(asyncio.Protocol):
                 raise _ProtocolError(f"malformed header line {lines[i][:60]!r}")
             value = value.strip(" \t")
             lower = name.lower()
-            if lower not in HOP_BY_HOP:
+            if lower not in _NOT_RELAYED:
                 headers.append((name, value))
             elif lower == "content-length":
                 if length is not None:
@@ -357,6 +345,8 @@ class _Connection(asyncio.Protocol):
                 reusable = False
             elif "keep-alive" in tokens:
                 reusable = True
+            if tokens & {n.lower() for n, _ in headers}:  # RFC 9110 7.6.1: fields Connection names
+                headers = end_to_end([*headers, ("Connection", connection)])
         self._status, self._reason, self._headers, self._reusable = status, reason, headers, reusable
         if length is not None and (not length.isdigit() or not length.isascii() or len(length) > 18):
             raise _ProtocolError(f"bad Content-Length {length[:30]!r}")
@@ -568,15 +558,9 @@ def _authority(target: Target) -> str:
 
 
 def request_headers(
-    original: Iterable[tuple[str, str]],
-    set_headers: Iterable[tuple[str, str]],
-    remove: Iterable[str],
-    target: Target,
+    original: Iterable[tuple[str, str]], edits: HeaderEdits, target: Target
 ) -> list[tuple[str, str]]:
-    """The headers the origin gets: the client's, minus removed and hop-by-hop ones, with ours set on top."""
-    replaced = {name.lower() for name, _ in set_headers} | {name.lower() for name, _ in target.headers}
-    dropped = set(remove) | replaced | HOP_BY_HOP | {"expect"}
-    out = [(n, v) for n, v in original if n.lower() not in dropped]
-    out.extend(set_headers)
-    out.extend(target.headers)
-    return out
+    """The headers the origin gets on the buffered path: the client's end-to-end fields (no hop-by-hop, no
+    framing, no Expect), then the decision's edits and the target's own headers (`headers.py`)."""
+    fields = original if isinstance(original, list | tuple) else list(original)
+    return forwarded_request_fields(fields, edits.then_set(target.headers), framing_kept=False)

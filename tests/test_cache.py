@@ -423,9 +423,7 @@ def test_engine_expired_entry_is_fetched_with_its_validators(clock):
         ctx, forward = expired.context, expired.outcome
         assert isinstance(forward, Forward) and ctx.cache_status == "EXPIRED"
         assert ctx.cache_lookup.entry.body == b'{"v":1}' and ctx.cache_revalidate is None
-        sent = request_headers(
-            client.headers.pairs, forward.set_headers, forward.remove_headers, forward.targets[0]
-        )
+        sent = request_headers(client.headers.pairs, forward.edits, forward.targets[0])
         assert [v for n, v in sent if n.lower() == "if-none-match"] == ['"v1"']  # ours, not the client's
         assert [v for n, v in sent if n.lower() == "if-modified-since"] == [hc.http_date(T0)]
 
@@ -441,9 +439,7 @@ def test_engine_expired_entry_without_validators_goes_unconditionally(clock):
         expired = await decide_request(client, policy, state)
         forward = expired.outcome
         assert isinstance(forward, Forward) and expired.context.cache_status == "EXPIRED"
-        sent = request_headers(
-            client.headers.pairs, forward.set_headers, forward.remove_headers, forward.targets[0]
-        )
+        sent = request_headers(client.headers.pairs, forward.edits, forward.targets[0])
         assert [v for n, v in sent if n.lower() == "if-none-match"] == [
             '"mine"'
         ]  # the client's own, untouched

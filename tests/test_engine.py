@@ -230,10 +230,10 @@ def test_actual_response_gets_cors_only_for_allowed_origins():
         ("https://evil.example", None),
     ):
         decision = decide(request(path="/api/v1/calls/1", headers={"Origin": origin, **bearer()}))
-        to_set, _ = response_headers(
+        edits = response_headers(
             decision, policy, EdgeResponse(200, HeaderView([("Content-Type", "application/json")])), now=0
         )
-        got = dict(to_set)
+        got = dict(edits.set)
         assert got.get("Access-Control-Allow-Origin") == expected
         assert got["Vary"] == "Origin"
 
@@ -241,18 +241,18 @@ def test_actual_response_gets_cors_only_for_allowed_origins():
 def test_security_and_cache_control_headers_on_responses():
     policy = seed_policy()
     decision = decide(request(path="/api/v1/calls/1", headers=bearer()))
-    to_set, _ = response_headers(
+    edits = response_headers(
         decision, policy, EdgeResponse(200, HeaderView([("Content-Type", "audio/mpeg")])), now=0
     )
-    got = dict(to_set)
+    got = dict(edits.set)
     assert got["X-Frame-Options"] == "DENY"
     assert got["X-Content-Type-Options"] == "nosniff"
     assert got["Cache-Control"] == "no-cache, no-store, must-revalidate"
     error = decide(request(path="/nope"))
-    to_set, _ = response_headers(
+    edits = response_headers(
         error, policy, EdgeResponse(400, HeaderView([("Content-Type", "application/json")])), now=0
     )
-    assert dict(to_set)["X-Frame-Options"] == "DENY"
+    assert dict(edits.set)["X-Frame-Options"] == "DENY"
 
 
 # --------------------------------------------------------------------------------------------------------- auth

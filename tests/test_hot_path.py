@@ -13,9 +13,10 @@ from mitmproxy import http
 from mitmproxy.test import tflow
 
 from edgerules import memo
-from edgerules.addon import _response, merged_fields
+from edgerules.addon import _bytes, _response
 from edgerules.auth.identity import AuthFailure, Identity, identity_headers
 from edgerules.engine import core
+from edgerules.engine.headers import HeaderEdits
 from edgerules.engine.values import TraceEntry
 from edgerules.flowconv import edge_request
 from edgerules.runtime import EdgeRuntime, Exchange
@@ -25,25 +26,38 @@ from tests.engine_support import ENVIRON, SEED_POLICY, bearer, decide, make_stat
 NAMES = ["Content-Type", "content-type", "Vary", "X-A", "x-a", "Cache-Control", "Set-Cookie", "X-Café"]
 
 
-def _sequential(fields, to_set, to_remove):
-    """What `_apply_headers` did before: one mitmproxy call per header."""
+def _sequential(fields, edits):
+    """The documented order, one mitmproxy call at a time: pop each removed name, add the absent ones,
+    then each set name replaces all of its fields (the last value set wins, at the end)."""
     headers = http.Headers(fields)
-    for name in to_remove:
+    for name in edits.remove:
         headers.pop(name, None)
-    for name, value in to_set:
-        headers[name] = value
+    for name, value in edits.add:
+        if name not in headers and name.lower() not in {n.lower() for n, _ in edits.set}:
+            headers.add(name, value)
+    final = {}
+    for name, value in edits.set:
+        final[name.lower()] = (name, value)
+    for low in final:
+        headers.pop(low, None)
+    for name, value in final.values():
+        headers.add(name, value)
     return headers.fields
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     fields=st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(["1", "2", "é"])), max_size=6),
+    to_add=st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(["a", "é"])), max_size=3),
     to_set=st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(["v", "w", "é"])), max_size=5),
     to_remove=st.lists(st.sampled_from(NAMES), max_size=2),
 )
-def test_merged_fields_equals_pop_then_set_one_by_one(fields, to_set, to_remove):
+def test_header_edits_on_bytes_equal_the_documented_order_one_by_one(fields, to_add, to_set, to_remove):
     raw = tuple((n.encode(), v.encode()) for n, v in fields)
-    assert merged_fields(raw, to_set, to_remove) == _sequential(raw, to_set, to_remove)
+    edits = HeaderEdits(tuple(n.lower() for n in to_remove), tuple(to_add), tuple(to_set))
+    assert tuple(edits.apply(raw, _bytes)) == _sequential(raw, edits)
+    as_text = edits.apply([(n.decode(), v.decode()) for n, v in raw])
+    assert [(n.encode(), v.encode()) for n, v in as_text] == list(_sequential(raw, edits))
 
 
 def _made(status, headers, body):
@@ -170,8 +184,8 @@ def test_finish_reads_a_header_generator_once_for_rules_and_cache(tmp_path):
     decision = decide(request("GET", "/api/v1/agents/1", bearer()), policy=runtime.policy)
     exchange = Exchange(runtime.policy, decision, 0.0)
     origin = [("Content-Type", "application/json"), ("Content-Length", "2")]
-    to_set, _ = runtime.finish(exchange, 200, (pair for pair in origin))
-    assert ("Cache-Control", "public, max-age=60, s-maxage=300") in to_set
+    edits = runtime.finish(exchange, 200, (pair for pair in origin))
+    assert ("Cache-Control", "public, max-age=60, s-maxage=300") in edits.set
     assert exchange.extra["origin_headers"] == origin
 
 

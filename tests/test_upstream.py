@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edgerules.engine.headers import HeaderEdits
 from edgerules.engine.values import Target
 from edgerules.upstream import (
     HOP_BY_HOP,
@@ -284,8 +285,7 @@ def test_request_headers_drop_hop_by_hop_and_set_ours() -> None:
             ("X-Drop", "1"),
             ("Host", "c"),
         ],
-        [("X-Set", "2")],
-        ["x-drop"],
+        HeaderEdits(remove=("x-drop",), set=(("X-Set", "2"),)),
         tgt,
     )
     assert out == [("X-Keep", "1"), ("X-Set", "2"), ("Host", "127.0.0.1:80")]

@@ -21,7 +21,8 @@ from edgerules.cache import CacheStatus
 from edgerules.engine import cors
 from edgerules.engine.errors import error_answer
 from edgerules.engine.geo import is_trusted, locate
-from edgerules.engine.match import match_request, matches, media_matches, media_type
+from edgerules.engine.headers import HeaderEdits
+from edgerules.engine.match import match_request, media_matches, media_type
 from edgerules.engine.routing import RoutePlan, candidates, plan_route
 from edgerules.engine.state import EngineState
 from edgerules.engine.values import (
@@ -150,6 +151,7 @@ class _Run:
     """One request's pass through the phases (kept as an object so each phase stays a small method)."""
 
     __slots__ = (
+        "add",
         "ctx",
         "facts",
         "plan",
@@ -171,6 +173,7 @@ class _Run:
         self.ctx = Context()
         self.trace: list[TraceEntry] = []
         self.set_headers: list[tuple[str, str]] = []
+        self.add: list[tuple[str, str]] = []
         self.remove: list[str] = []
         self.segments: list[str] = []  # paths.split_path of the normalised path, split once for every rule
         self.query = req.query  # the query forwarded and keyed: without `_method` when overrides are stripped
@@ -183,7 +186,7 @@ class _Run:
 
     def answer(self, answer: Answer) -> Decision:
         self.ctx.error = answer.kind if answer.status >= 400 else None
-        return Decision(answer, self.ctx, self.trace)
+        return Decision(answer, self.ctx, self.trace, self.req)
 
     def fail(
         self,
@@ -784,12 +787,12 @@ def _background_revalidation(run: _Run, rule_name: str, entry: CacheEntry) -> Fo
     """
     ctx = run.ctx
     saved = (ctx.region, ctx.routing_priority, ctx.degraded, ctx.error)
-    set_headers, remove = list(run.set_headers), list(run.remove)
+    set_headers, remove, add = list(run.set_headers), list(run.remove), list(run.add)
     _make_conditional(run, rule_name, entry)
     run.note("cache", rule_name, "revalidate", "in the background (stale-while-revalidate)")
     decision = _route(run)
     ctx.region, ctx.routing_priority, ctx.degraded, ctx.error = saved
-    run.set_headers, run.remove = set_headers, remove
+    run.set_headers, run.remove, run.add = set_headers, remove, add
     return decision.outcome if isinstance(decision.outcome, Forward) else None
 
 
@@ -816,13 +819,16 @@ def _route(run: _Run) -> Decision:
     forward = Forward(
         regions=route.targets,
         path_and_query=ctx.path + (f"?{run.query}" if run.query else ""),
-        set_headers=tuple(run.set_headers),
-        remove_headers=tuple(dict.fromkeys([n.lower() for n in run.remove])) if run.remove else (),
+        edits=HeaderEdits(
+            tuple(dict.fromkeys([n.lower() for n in run.remove])) if run.remove else (),
+            tuple(run.add),
+            tuple(run.set_headers),
+        ),
         timeout=policy.routing.timeout,
         connect_timeout=policy.routing.connect_timeout,
         stream=stream,
     )
-    return Decision(forward, ctx, run.trace)
+    return Decision(forward, ctx, run.trace, req)
 
 
 def _route_plan(run: _Run) -> RoutePlan:
@@ -849,7 +855,6 @@ def _forwarded_headers(run: _Run) -> None:
 
 
 def _request_header_rules(run: _Run) -> None:
-    headers = run.req.headers
     facts = run.facts
     for rule, note in zip(run.policy.headers.request, run.plan.header_notes, strict=True):
         if rule.match is not None and not match_request(rule.match, *facts):
@@ -857,9 +862,7 @@ def _request_header_rules(run: _Run) -> None:
         if rule.unless is not None and match_request(rule.unless, *facts):
             continue
         run.set_headers.extend(rule.set)
-        for name, value in rule.add_if_absent:
-            if name not in headers:
-                run.set_headers.append((name, value))
+        run.add.extend(rule.add_if_absent)
         run.remove.extend(rule.remove)
         run.trace.append(note)
 
@@ -869,17 +872,22 @@ def _request_header_rules(run: _Run) -> None:
 
 def response_headers(
     decision: Decision, policy: Policy, response: EdgeResponse, *, now: float
-) -> tuple[list[tuple[str, str]], list[str]]:
-    """Headers to set (replacing) and names to remove on the response the client gets.
+) -> HeaderEdits:
+    """The edits to the response the client gets (`HeaderEdits.apply`: remove, add if absent, set).
 
-    Runs for every response: from an origin, from the cache, and the edge's own answers.
+    Runs for every response: from an origin, from the cache, and the edge's own answers. Response header
+    rules see their request as the request phase saw it (normalised path, method, headers, class, country).
     """
     ctx = decision.context
     to_set: list[tuple[str, str]] = []
+    to_add: list[tuple[str, str]] = []
     to_remove: list[str] = []
     headers = policy.headers
-    content_type = media_type(response.headers.get("content-type"))
-    if not isinstance(decision.outcome, Answer) or decision.outcome.kind in ("cache_hit", "not_modified"):
+    if headers.response and (
+        not isinstance(decision.outcome, Answer) or decision.outcome.kind in ("cache_hit", "not_modified")
+    ):
+        content_type = media_type(response.headers.get("content-type"))
+        req = decision.request
         for rule in headers.response:
             if rule.response_statuses is not None and response.status not in rule.response_statuses:
                 continue
@@ -887,24 +895,17 @@ def response_headers(
                 content_type, rule.response_content_types
             ):
                 continue
-            if (
-                rule.match is not None
-                and ctx.path is not None
-                and not matches(
-                    rule.match,
-                    path=ctx.path,
-                    method="GET",
-                    headers=HeaderView(),
-                    request_class=ctx.request_class,
-                    country=ctx.country,
-                )
-            ):
-                continue
+            if rule.match is not None or rule.unless is not None:
+                if ctx.path is None or req is None:
+                    continue  # refused before the path was known: no request-scoped rule applies
+                facts = (ctx.path, req.method, req.headers, ctx.request_class, ctx.country)
+                if rule.match is not None and not match_request(rule.match, *facts):
+                    continue
+                if rule.unless is not None and match_request(rule.unless, *facts):
+                    continue
             to_set.extend(rule.set)
-            for name, value in rule.add_if_absent:
-                if name not in response.headers:
-                    to_set.append((name, value))
-            to_remove.extend(rule.remove)
+            to_add.extend(rule.add_if_absent)
+            to_remove.extend(n.lower() for n in rule.remove)
     to_set.extend(headers.security)
     if headers.processed_region and ctx.region:
         to_set.append((headers.processed_region, ctx.region))
@@ -916,7 +917,7 @@ def response_headers(
             to_set.append((cache.processed_header, utc_iso_millis(now)))
     if ctx.cors_rule is not None:
         to_set.extend(cors.response_headers(ctx.cors_rule, ctx.origin))
-        vary = response.headers.get("vary")
+        vary = response.headers.joined("vary")
         if vary is None:
             to_set.append(("Vary", "Origin"))
         elif vary.strip() != "*" and "origin" not in {v.strip().lower() for v in vary.split(",")}:
@@ -928,7 +929,7 @@ def response_headers(
         to_set.extend(
             (name, value) for name, value in _rate_limit_headers(tightest) if name.lower() != "retry-after"
         )
-    return to_set, to_remove
+    return HeaderEdits(tuple(to_remove), tuple(to_add), tuple(to_set))
 
 
 def _rate_limit_headers(result) -> list[tuple[str, str]]:

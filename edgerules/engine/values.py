@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from edgerules.engine.headers import HeaderEdits
 from edgerules.headerview import HeaderView
 
 
@@ -88,11 +89,22 @@ class Forward:
 
     regions: tuple[Target, ...]  # failover order; each `path` is the region's base path alone
     path_and_query: str  # the request's normalised path and query, appended to each base path
-    set_headers: tuple[tuple[str, str], ...]
-    remove_headers: tuple[str, ...]  # lower-case names
+    edits: HeaderEdits  # on the client's end-to-end fields; each target's own headers are set after these
     timeout: float
     connect_timeout: float
     stream: bool = False  # mitmproxy forwards it itself (audio streams, WebSockets)
+
+    @property
+    def set_headers(self) -> tuple[tuple[str, str], ...]:
+        return self.edits.set
+
+    @property
+    def remove_headers(self) -> tuple[str, ...]:
+        return self.edits.remove
+
+    def target_edits(self, target: Target) -> HeaderEdits:
+        """The edits for one target: the decision's, then the target's own headers (routing, Host) set."""
+        return self.edits.then_set(target.headers)
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -142,6 +154,7 @@ class Decision:
     outcome: Answer | Forward
     context: Context
     trace: list[TraceEntry]
+    request: EdgeRequest | None = None  # what was decided on (response rules match on it)
 
     @property
     def answered(self) -> bool:
