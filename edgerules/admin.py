@@ -127,6 +127,13 @@ async def _status(runtime: EdgeRuntime, body: bytes) -> Answer:
             "failures": status.failures,
             "last_error": status.last_error,
             "restart_required": status.restart_required,
+            "watcher": {
+                "ok": status.watch_error is None,
+                "checks": status.watch_checks,
+                "failures": status.watch_failures,
+                "last_error": status.watch_error,
+                "checked_at": status.watch_checked_at,
+            },
         },
         "regions": runtime.health.snapshot(list(policy.regions)) if policy else {},
         "store": store,

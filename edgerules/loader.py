@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -609,8 +610,12 @@ def load_yaml_file(path: str | os.PathLike[str]) -> LoadedDocument:
     """Read and parse one policy file (no ``include:`` processing)."""
     file = os.fspath(path)
     try:
-        with open(file, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        # non-blocking: a FIFO at the path must not hang the loader (it is refused just below)
+        with os.fdopen(os.open(file, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise PolicyError.at(None, f"{file}: not a regular file")
+            size = info.st_size
             if size > MAX_FILE_BYTES:
                 raise PolicyError.at(
                     None, f"{file}: policy file is too large ({size} bytes, limit {MAX_FILE_BYTES})"

@@ -371,6 +371,10 @@ class EdgeMetrics:
         self.policy_last_reload_success = r.gauge(
             "edgerules_policy_last_reload_success", "1 if the last policy reload succeeded, 0 if it failed."
         )
+        self.policy_watch_failures = r.counter(
+            "edgerules_policy_watch_failures_total",
+            "Checks of the policy files that failed (not a regular file, a stalled file system); retried.",
+        )
         self.metrics_dropped = r.counter(
             "edgerules_metrics_dropped_total",
             "Raw request records dropped because the metrics buffer was full (rollup counts are kept).",
@@ -418,6 +422,9 @@ class EdgeMetrics:
     def policy_reloaded(self, success: bool) -> None:
         self.policy_reloads.inc(result="success" if success else "failure")
         self.policy_last_reload_success.set(1.0 if success else 0.0)
+
+    def policy_watch_failed(self) -> None:
+        self.policy_watch_failures.inc()
 
     def dropped(self, n: int = 1) -> None:
         self.metrics_dropped.inc(n)

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import stat
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,7 @@ from edgerules.engine.values import (
 )
 from edgerules.health import HealthRegistry
 from edgerules.httpcache import invalidates, invalidation_targets, revalidation_headers, stale_if_error_ok
+from edgerules.loader import MAX_FILE_BYTES
 from edgerules.lograte import RateLimitedWarning
 from edgerules.metrics import MetricsRecorder, RequestRecord, access_log_line
 from edgerules.model import Policy
@@ -54,6 +56,15 @@ class ReloadStatus:
     last_error: str | None = None  # "file:line:col: message" of the first problem
     fingerprint: str = ""
     restart_required: str | None = None  # settings a reload cannot apply (the store is opened once)
+    signature: tuple = ()  # stat data of the policy files when `fingerprint` was taken
+    watch_checks: int = 0
+    watch_failures: int = 0  # checks of the policy files that failed (retried at the next interval)
+    watch_error: str | None = None  # why the last check failed; None once a check succeeds again
+    watch_checked_at: float = 0.0  # last successful check
+
+
+class WatchError(Exception):
+    """The policy files cannot be checked (not a regular file, a check that does not finish)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,15 +86,57 @@ class Exchange:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+def files_signature(paths: Sequence[str]) -> tuple:
+    """What `stat` says of each file (type, device, inode, size, mtime and ctime in ns): a change of any of
+    them is a reason to read the file again; the file is never opened."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            out.append((path, "missing", exc.errno))
+            continue
+        out.append(
+            (path, stat.S_IFMT(st.st_mode), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        )
+    return tuple(out)
+
+
 def files_fingerprint(paths: Sequence[str]) -> str:
+    """A hash of the files' contents, bounded like the loader: regular files only (a FIFO or a device at the
+    policy path raises `WatchError` instead of blocking or reading forever), at most MAX_FILE_BYTES + 1 bytes
+    each. Opened non-blocking, so a FIFO swapped in after the stat does not block either."""
     digest = hashlib.sha256()
     for path in paths:
         try:
-            with open(path, "rb") as handle:
-                digest.update(handle.read())
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
             digest.update(f"missing:{path}:{exc.errno}".encode())
+            continue
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise WatchError(f"{path}: not a regular file")
+            digest.update(handle.read(MAX_FILE_BYTES + 1))
     return digest.hexdigest()
+
+
+def _changed_fingerprint(paths: Sequence[str], signature: tuple) -> tuple[tuple, str] | None:
+    """None when the stat data is `signature`; else the new (signature, fingerprint)."""
+    now = files_signature(paths)
+    if now == signature:
+        return None
+    return now, files_fingerprint(paths)
+
+
+def _snapshot(paths: Sequence[str]) -> tuple[tuple, str]:
+    """(signature, fingerprint) of the files, taken before they are loaded: a change after it is seen at the
+    next check."""
+    signature = files_signature(paths)
+    try:
+        fingerprint = files_fingerprint(paths)
+    except WatchError as exc:
+        fingerprint = f"unreadable:{exc}"
+    return signature, fingerprint
 
 
 class EdgeRuntime:
@@ -112,6 +165,8 @@ class EdgeRuntime:
         self._revalidations = RevalidationGate()
         # a full disk or a down store fails every store: one line a minute, with the count
         self._store_warnings = RateLimitedWarning(log, interval=60.0)
+        self._watch_warnings = RateLimitedWarning(log, interval=60.0)
+        self._watch_job: asyncio.Future | None = None
         self.board: WorkerBoard | None = None  # set when this process is one worker of `serve --workers N`
 
     # ------------------------------------------------------------------------------------------ policy lifecycle
@@ -125,10 +180,10 @@ class EdgeRuntime:
         result = load_policy_file(self.policy_path, self.env, environ=self.environ, for_serving=True)
         for warning in result.warnings:
             log.warning("%s", warning)
-        self._install(result.policy)
+        self._install(result.policy, _snapshot(result.policy.files))
         return result.policy
 
-    def _install(self, policy: Policy) -> None:
+    def _install(self, policy: Policy, snapshot: tuple[tuple, str]) -> None:
         if self.state is None:
             store = open_store(policy.store)
             self.state = EngineState(store, self.health)
@@ -146,7 +201,7 @@ class EdgeRuntime:
                 self.metrics.config = policy.metrics
         self._policy = policy  # one reference swap: a request reads it once and keeps that policy
         self.reload_status.loaded_at = time.time()
-        self.reload_status.fingerprint = files_fingerprint(policy.files)
+        self.reload_status.signature, self.reload_status.fingerprint = snapshot
         if self.prober is not None:
             self.prober.sync()
 
@@ -185,16 +240,60 @@ class EdgeRuntime:
                 await self.state.store.close()
 
     async def _watch_policy(self) -> None:
+        """Never ends but by cancellation: a failed check is counted, logged (at most once a minute), shown on
+        the status endpoint and as a metric, and retried at the next interval."""
         while True:
             await asyncio.sleep(self.reload_interval)
-            policy = self._policy
-            files = policy.files if policy else (self.policy_path,)
-            if files_fingerprint(files) != self.reload_status.fingerprint:
-                await self.reload()
+            status = self.reload_status
+            status.watch_checks += 1
+            try:
+                await self._check_policy_files()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                status.watch_failures += 1
+                status.watch_error = str(exc) or type(exc).__name__
+                self._watch_warnings.warn(
+                    "policy watcher: %s (retrying every %gs)", exc, self.reload_interval
+                )
+                if self.metrics is not None:
+                    self.metrics.prometheus.policy_watch_failed()
+            else:
+                if status.watch_error is not None:
+                    log.info("policy watcher: the policy files can be checked again")
+                status.watch_error = None
+                status.watch_checked_at = time.time()
+
+    async def _check_policy_files(self) -> None:
+        """Stat the files (off the event loop); read them only when the stat data changed; reload when the
+        content did. A check still running from an earlier interval (a stalled file system) is waited for, not
+        started again, so at most one thread is ever stuck on it."""
+        policy = self._policy
+        files = tuple(policy.files if policy else (self.policy_path,))
+        job = self._watch_job
+        if job is None or job.done():
+            job = self._watch_job = asyncio.ensure_future(
+                asyncio.to_thread(_changed_fingerprint, files, self.reload_status.signature)
+            )
+        try:
+            async with asyncio.timeout(max(5.0, 5 * self.reload_interval)):
+                changed = await asyncio.shield(job)
+        except TimeoutError:
+            raise WatchError("checking the policy files takes too long (a stalled file system?)") from None
+        if changed is None:
+            return
+        signature, fingerprint = changed
+        if fingerprint == self.reload_status.fingerprint:
+            self.reload_status.signature = signature  # touched, same content: nothing to load
+            return
+        await self.reload()
 
     async def reload(self) -> bool:
         """Load, validate and compile off the event loop, then swap; a bad file keeps the last good policy."""
         async with self._reload_lock:
+            policy = self._policy
+            files = tuple(policy.files if policy else (self.policy_path,))
+            snapshot = await asyncio.to_thread(_snapshot, files)
             try:
                 result = await asyncio.to_thread(
                     load_policy_file, self.policy_path, self.env, environ=self.environ, for_serving=True
@@ -203,14 +302,13 @@ class EdgeRuntime:
                 self.reload_status.failures += 1
                 first = exc.diagnostics[0] if exc.diagnostics else None
                 self.reload_status.last_error = str(first) if first else str(exc)
-                policy = self._policy
-                self.reload_status.fingerprint = files_fingerprint(
-                    policy.files if policy else (self.policy_path,)
-                )
+                self.reload_status.signature, self.reload_status.fingerprint = snapshot
                 log.error("policy reload failed, still serving the last good policy:\n%s", exc)
                 self._count_reload("failure")
                 return False
-            self._install(result.policy)
+            if tuple(result.policy.files) != files:  # includes changed: watch the new set of files
+                snapshot = await asyncio.to_thread(_snapshot, result.policy.files)
+            self._install(result.policy, snapshot)
             self.reload_status.reloads += 1
             self.reload_status.last_error = None
             self._count_reload("success")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 from edgerules.runtime import EdgeRuntime
 from tests.support.policies import ENV, write_policy
@@ -70,3 +71,121 @@ def test_cache_store_failures_on_every_request_log_once_per_interval(caplog):
     lines = [r.getMessage() for r in caplog.records if "cache store failed" in r.getMessage()]
     assert len(lines) == 1, lines[:3]
     assert cache_module._store_failed.suppressed == 199
+
+
+# ------------------------------------------------------------------------------------------ policy watcher
+
+
+def _watch(runtime: EdgeRuntime, seconds: float, during=None) -> dict:
+    """Run the runtime's watcher for `seconds` on a loop in a daemon thread (so a wedged loop fails the
+    test instead of hanging it); a ticker counts the loop turns it got meanwhile."""
+    import threading
+
+    out: dict = {"ticks": 0, "alive": None, "finished": False}
+
+    async def main() -> None:
+        runtime.reload_interval = 0.05
+        task = asyncio.get_running_loop().create_task(runtime._watch_policy())
+        end = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < end:
+            await asyncio.sleep(0.01)
+            out["ticks"] += 1
+            if during is not None and out["ticks"] == 20:
+                during()
+        out["alive"] = not task.done()
+        task.cancel()
+        out["finished"] = True
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    thread.start()
+    thread.join(seconds + 10)
+    return out
+
+
+def test_watcher_survives_a_fifo_at_the_policy_path(tmp_path):
+    import os
+
+    runtime = _runtime(tmp_path)
+    path = runtime.policy_path
+    good = Path(path).read_text()
+    os.replace(path, f"{path}.bak")
+    os.mkfifo(path)
+    try:
+        out = _watch(runtime, 1.0)
+    finally:
+        # unblock an old-style watcher stuck opening the FIFO for reading
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+        except OSError:
+            pass
+    assert out["finished"], "the event loop was wedged by a FIFO at the policy path"
+    assert out["ticks"] >= 50
+    assert out["alive"], "the watcher task died"
+    status = runtime.reload_status
+    assert status.watch_failures >= 1
+    assert "not a regular file" in (status.watch_error or "")
+    # fixed: a regular file with new content is picked up by the same watcher
+    os.unlink(path)
+    with open(path, "w") as handle:
+        handle.write(good.replace('"retries": 2', '"retries": 1') if '"retries": 2' in good else good + "\n")
+    out = _watch(runtime, 1.0)
+    assert out["finished"] and out["alive"]
+    assert runtime.reload_status.watch_error is None
+
+
+def test_watcher_survives_dev_zero_at_the_policy_path(tmp_path):
+    import os
+
+    runtime = _runtime(tmp_path)
+    path = runtime.policy_path
+    os.replace(path, f"{path}.bak")
+    os.symlink("/dev/zero", path)
+    out = _watch(runtime, 1.0)
+    assert out["finished"], "the event loop was wedged reading /dev/zero"
+    assert out["alive"], "the watcher task died"
+    assert "not a regular file" in (runtime.reload_status.watch_error or "")
+    assert runtime.reload_status.reloads == 0  # the last good policy keeps serving
+    metrics = runtime.prometheus_text()
+    line = next(x for x in metrics.splitlines() if x.startswith("edgerules_policy_watch_failures_total"))
+    assert float(line.split()[-1]) >= 1
+
+
+def test_watcher_reads_the_policy_only_when_its_stat_changes(tmp_path, monkeypatch):
+    from edgerules import runtime as runtime_module
+
+    runtime = _runtime(tmp_path)
+    reads = []
+    real = runtime_module.files_fingerprint
+    monkeypatch.setattr(runtime_module, "files_fingerprint", lambda paths: reads.append(1) or real(paths))
+    out = _watch(runtime, 0.8)
+    assert out["finished"] and out["alive"]
+    assert reads == [], "an unchanged policy was read again"
+
+
+def test_loader_refuses_a_fifo_without_blocking(tmp_path):
+    import os
+    import threading
+
+    import pytest
+
+    from edgerules.diagnostics import PolicyError
+    from edgerules.loader import load_yaml_file
+
+    path = tmp_path / "policy.yaml"
+    os.mkfifo(path)
+    out: dict = {}
+
+    def load() -> None:
+        try:
+            load_yaml_file(path)
+        except PolicyError as exc:
+            out["error"] = str(exc)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():  # unblock it before failing
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("the loader blocked opening a FIFO")
+    assert "not a regular file" in out["error"]
