@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from edgerules.engine.errors import error_answer
 from edgerules.engine.values import Answer, HeaderView
 from edgerules.httpcache import is_cache_key
+from edgerules.kinds import AnswerKind
 from edgerules.metrics import MAX_COLLECTOR_BODY
 from edgerules.stores.base import StoreUnavailable
 from edgerules.workers import ask_supervisor_to_reload
@@ -75,7 +76,7 @@ def _is_loopback(client_ip: str) -> bool:
         return False
 
 
-def _json(status: int, payload: Any, kind: str = "admin") -> Answer:
+def _json(status: int, payload: Any, kind: AnswerKind = "admin") -> Answer:
     return Answer.json(status, payload, kind, [("Cache-Control", "no-store")])
 
 

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from edgerules import model
 from edgerules.diagnostics import Diagnostic, Mark, PolicyError
 from edgerules.httpcache import CacheRule
+from edgerules.kinds import ErrorKind
 from edgerules.loader import LoadedDocument, deep_merge, escape_token
 from edgerules.metrics import MetricsConfig
 from edgerules.model import ClaimMapping, JwtConfig
@@ -635,8 +636,8 @@ def _cors(ctx: _Ctx, raw: list[Mapping[str, Any]]) -> tuple[model.CorsRule, ...]
     return tuple(out)
 
 
-def _errors(ctx: _Ctx, raw: Mapping[str, Any]) -> dict[str, model.ErrorAnswer]:
-    out = {}
+def _errors(ctx: _Ctx, raw: Mapping[str, Any]) -> dict[ErrorKind, model.ErrorAnswer]:
+    out: dict[ErrorKind, model.ErrorAnswer] = {}
     for kind, default in model.DEFAULT_ERRORS.items():
         given = raw.get(kind) or {}
         retry = given.get("retry_after")

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from edgerules.kinds import EdgeRulesError
+
 Severity = Literal["error", "warning"]
 Format = Literal["text", "json", "github"]
 
@@ -35,7 +37,7 @@ class Diagnostic:
         return _text_line(self)
 
 
-class PolicyError(Exception):
+class PolicyError(EdgeRulesError):
     """A policy could not be loaded or compiled; carries one or more diagnostics.
 
     ``str(err)`` is the text format, one diagnostic per line.

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from edgerules.httpcache import CacheRule
+from edgerules.kinds import ErrorKind
 from edgerules.metrics import MetricsConfig
 from edgerules.paths import PathMatcher
 from edgerules.ratelimit import RateLimitRule
@@ -276,7 +277,7 @@ class ErrorAnswer:
 
 
 # Every kind of answer the edge gives itself, with its default; a policy's `errors` may change each one.
-DEFAULT_ERRORS: dict[str, ErrorAnswer] = {
+DEFAULT_ERRORS: dict[ErrorKind, ErrorAnswer] = {
     "path_not_allowed": ErrorAnswer(400, "Invalid API path"),
     "invalid_request": ErrorAnswer(400, "Invalid request format"),
     "method_not_allowed": ErrorAnswer(405, "Method not allowed"),
@@ -323,7 +324,7 @@ class Policy:
     cache: CacheSettings | None
     headers: Headers
     cors: tuple[CorsRule, ...]
-    errors: dict[str, ErrorAnswer]
+    errors: dict[ErrorKind, ErrorAnswer]
     metrics: MetricsConfig
     store: StoreConfig
     admin: Admin

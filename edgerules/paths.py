@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import re2
 
+from edgerules.kinds import EdgeRulesError
+
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _FORBIDDEN_DECODED = frozenset({"/", "\\"})
@@ -29,7 +31,7 @@ _BAD_RAW = re.compile(r'[\x00-\x20\x7f\\"<>^`{|}#\[\]]|[^\x00-\x7f]')
 _BAD_QUERY = re.compile(r'[\x00-\x20\x7f\\"<>^`{|}#\[\]]|[^\x00-\x7f]|%(?![0-9A-Fa-f]{2})')
 
 
-class PathError(ValueError):
+class PathError(EdgeRulesError, ValueError):
     """The path cannot be normalised safely; the request must be refused (400)."""
 
 

@@ -42,6 +42,7 @@ from edgerules.engine.values import (
     TraceEntry,
 )
 from edgerules.health import HealthRegistry
+from edgerules.kinds import EdgeRulesError
 from edgerules.loader import LoadedDocument, join_pointer, load_policy, load_yaml_file
 from edgerules.model import Policy
 from edgerules.policy import load_policy_file
@@ -652,7 +653,7 @@ class FileResult:
     coverage: Coverage
 
 
-class CaseError(Exception):
+class CaseError(EdgeRulesError):
     """A case's setup is inconsistent with the policy or itself (reported as a failure of that case)."""
 
 

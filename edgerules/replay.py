@@ -17,6 +17,7 @@ from edgerules.engine.state import EngineState
 from edgerules.engine.values import Answer, Decision, EdgeRequest, TraceEntry
 from edgerules.flowconv import edge_request
 from edgerules.health import HealthRegistry
+from edgerules.kinds import EdgeRulesError
 from edgerules.model import Policy
 from edgerules.policytest import forwarded_headers
 from edgerules.stores.memory import MemoryStore
@@ -25,7 +26,7 @@ from edgerules.stores.memory import MemoryStore
 FIELDS = ("outcome", "status", "region", "routing_priority", "failover", "auth", "cache_rule", "cache_status")
 
 
-class FlowFileError(Exception):
+class FlowFileError(EdgeRulesError):
     """The flow file is missing, empty, truncated, not a mitmproxy flow dump, or holds no request to replay."""
 
 

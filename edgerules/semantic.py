@@ -450,7 +450,8 @@ LOOPBACK_ADMIN_ENVIRONMENTS = frozenset({"local"})
 def _check_admin(c: _Checker, data: dict[str, Any], env: str | None) -> None:
     if env is None or env in LOOPBACK_ADMIN_ENVIRONMENTS:
         return
-    admin = data.get("admin") if isinstance(data.get("admin"), dict) else {}
+    raw_admin = data.get("admin")
+    admin: dict[str, Any] = raw_admin if isinstance(raw_admin, dict) else {}
     cidrs = admin.get("allow_cidrs")
     pointer = "/admin/allow_cidrs" if cidrs is not None else "/admin"
     trusted = ["127.0.0.0/8", "::1/128"] if cidrs is None else _strings(cidrs)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from edgerules.engine.headers import FRAMING, HOP_BY_HOP, HeaderEdits, end_to_end, forwarded_request_fields
 from edgerules.engine.values import Target
+from edgerules.kinds import EdgeRulesError, UpstreamFailure
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NOT_RELAYED = HOP_BY_HOP | FRAMING  # response fields the parser consumes (framing) or drops (hop-by-hop)
@@ -41,10 +42,10 @@ class UpstreamResponse:
     elapsed: float  # seconds, from sending to the full body
 
 
-class UpstreamError(Exception):
+class UpstreamError(EdgeRulesError):
     """`kind` is "connect" (nothing was sent), "timeout" or "protocol" (the origin broke the exchange)."""
 
-    def __init__(self, kind: str, detail: str, target: Target) -> None:
+    def __init__(self, kind: UpstreamFailure, detail: str, target: Target) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail

@@ -25,6 +25,7 @@ from hmac import compare_digest
 from typing import Any
 
 from edgerules.auth.identity import AuthFailure, Identity, valid_identity_fields
+from edgerules.kinds import EdgeRulesError
 from edgerules.memo import remember
 from edgerules.stores.base import Store
 from edgerules.units import parse_duration
@@ -38,7 +39,7 @@ _FIELDS = frozenset(
 )
 
 
-class MalformedRecord(ValueError):
+class MalformedRecord(EdgeRulesError, ValueError):
     """A stored API-key record failed strict parsing."""
 
 

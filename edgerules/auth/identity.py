@@ -14,6 +14,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from edgerules.kinds import AuthReason, EdgeRulesError
 from edgerules.memo import remember
 from edgerules.model import IdentityHeaderNames
 from edgerules.timefmt import utc_iso_millis
@@ -21,10 +22,10 @@ from edgerules.timefmt import utc_iso_millis
 AuthMethod = Literal["jwt", "api_key"]
 
 
-class AuthFailure(Exception):
+class AuthFailure(EdgeRulesError):
     """Authentication refused. `reason` is a short machine code (trace, metrics); `message` is for humans."""
 
-    def __init__(self, reason: str, message: str = "") -> None:
+    def __init__(self, reason: AuthReason, message: str = "") -> None:
         super().__init__(message or reason)
         self.reason = reason
         self.message = message or reason

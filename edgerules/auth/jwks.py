@@ -17,6 +17,8 @@ from typing import Any
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
+from edgerules.kinds import EdgeRulesError
+
 log = logging.getLogger(__name__)
 
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -28,7 +30,7 @@ MAX_JWKS_BYTES = 1 << 20
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth"})
 
 
-class JwksError(Exception):
+class JwksError(EdgeRulesError):
     """A key set could not be loaded or parsed."""
 
 

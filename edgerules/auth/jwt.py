@@ -28,6 +28,7 @@ from jwt import exceptions as jwt_errors
 
 from edgerules.auth.identity import AuthFailure, Identity, valid_identity_fields
 from edgerules.auth.jwks import ASYMMETRIC_ALGORITHMS, JwksSource
+from edgerules.kinds import AuthReason
 from edgerules.model import ClaimMapping, JwtConfig
 
 __all__ = ["AuthFailure", "ClaimMapping", "Identity", "JwtConfig", "JwtVerifier"]
@@ -96,7 +97,7 @@ def _numeric_date(payload: dict[str, Any], claim: str) -> float | None:
     return float(value)
 
 
-_PYJWT_REASONS: tuple[tuple[type[Exception], str], ...] = (
+_PYJWT_REASONS: tuple[tuple[type[Exception], AuthReason], ...] = (
     (jwt_errors.InvalidSignatureError, "bad_signature"),
     (jwt_errors.ExpiredSignatureError, "expired"),
     (jwt_errors.ImmatureSignatureError, "not_yet_valid"),
@@ -109,7 +110,7 @@ _PYJWT_REASONS: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
-def _reason_for(exc: jwt_errors.PyJWTError) -> str:
+def _reason_for(exc: jwt_errors.PyJWTError) -> AuthReason:
     for cls, reason in _PYJWT_REASONS:
         if isinstance(exc, cls):
             return reason

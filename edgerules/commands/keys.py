@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, TextIO
 
 from edgerules.commands._common import add_policy_arguments, load_policy, open_policy_store
+from edgerules.kinds import EdgeRulesError
 
 if TYPE_CHECKING:
     from edgerules.auth.apikeys import ApiKeyRecord, ApiKeyStore
@@ -127,12 +128,12 @@ async def _dispatch_json(args: argparse.Namespace, keys: ApiKeyStore) -> dict[st
             return {"keys": [_record_json(r, now) for r in records], "malformed": len(malformed)}
         case "show":
             try:
-                record = await keys.get(args.key_id)
+                found = await keys.get(args.key_id)
             except apikeys.MalformedRecord:
                 raise LookupError(f"API key {args.key_id!r} has a malformed record") from None
-            if record is None:
+            if found is None:
                 raise LookupError(f"no API key with id {args.key_id!r}")
-            return _record_json(record, now)
+            return _record_json(found, now)
         case "revoke":
             text = await apikeys.cmd_keys_revoke(keys, args.key_id)
             return {"revoked": args.key_id, "message": text}
@@ -165,7 +166,7 @@ async def _dispatch(args: argparse.Namespace, keys: ApiKeyStore) -> str:
     raise AssertionError(f"unknown keys action {args.keys_command!r}")
 
 
-class IgnoredOption(Exception):
+class IgnoredOption(EdgeRulesError):
     """`keys add` was given an option the policy would ignore."""
 
 

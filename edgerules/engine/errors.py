@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from edgerules.engine.values import Answer
+from edgerules.kinds import ErrorKind
 from edgerules.model import DEFAULT_ERRORS, Policy
 
 
 def error_answer(
     policy: Policy | None,
-    kind: str,
+    kind: ErrorKind,
     *,
     headers: Iterable[tuple[str, str]] = (),
     reason: str | None = None,

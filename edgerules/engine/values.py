@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from edgerules.engine.headers import HeaderEdits
 from edgerules.headerview import HeaderView
+from edgerules.kinds import AnswerKind, TracePhase
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +38,7 @@ class EdgeRequest:
 class TraceEntry(NamedTuple):
     """One step of a decision. A tuple: every request makes several, so they must be cheap to build."""
 
-    phase: str
+    phase: TracePhase
     rule: str
     outcome: str  # "matched", "skipped", "refused", "set", ...
     detail: str = ""
@@ -60,10 +61,12 @@ class Answer:
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
-    kind: str  # error kind ("rate_limited"), "preflight", "cache_hit", "not_modified", ...
+    kind: AnswerKind  # an error kind ("rate_limited"), "preflight", "cache_hit", "not_modified", ...
 
     @classmethod
-    def json(cls, status: int, payload: Any, kind: str, headers: Iterable[tuple[str, str]] = ()) -> Answer:
+    def json(
+        cls, status: int, payload: Any, kind: AnswerKind, headers: Iterable[tuple[str, str]] = ()
+    ) -> Answer:
         body = json.dumps(payload, separators=(",", ":")).encode()
         return cls(status, (("Content-Type", "application/json"), *headers), body, kind)
 

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+from edgerules.kinds import EdgeRulesError
+
 RESERVED_PREFIX = "tag:"
 
 
@@ -32,7 +34,7 @@ def writable_key(key: str) -> str:
     return key
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(EdgeRulesError):
     """The backend cannot serve the call (disk error, connection lost, timeout)."""
 
 
