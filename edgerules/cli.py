@@ -1,8 +1,9 @@
 """The `edgerules` console script.
 
 One function per subcommand: `_add_<name>(subparsers)` declares its arguments and `cmd_<name>(args) -> int`
-runs it. Add a command by writing both and listing the adder in `COMMANDS`. Exit codes: 0 ok, 1 the policy (or
-the input) is invalid, 2 usage error (argparse), 3 internal error (a bug: reported, never a traceback).
+runs it. Add a command by writing both and listing the adder in `COMMANDS`. Exit codes (README "The CLI" has the
+table): 0 ok, 1 the policy (or the input) is invalid, 2 usage error (argparse) or nothing to work on, 3 internal
+error (a bug: reported, never a traceback). mitmdump and `serve` exit 1 on an invalid policy too.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="check policy files (schema, semantics, every environment) and report every problem",
         description="Check policy files. Without --env the base and every environment overlay are checked.",
     )
-    p.add_argument("files", nargs="+", metavar="FILE", help="policy files (YAML)")
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="PATH",
+        help="policy files (YAML) or directories (every *.yaml/*.yml below, except *.test.yaml and files "
+        "another policy includes)",
+    )
     p.add_argument("--env", metavar="NAME", help="check only this environment overlay")
     p.add_argument("--format", choices=("text", "json", "github"), default="text", help="output format")
     p.add_argument(
@@ -47,8 +54,14 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
     from edgerules.diagnostics import format_diagnostics
     from edgerules.policy import validate_file
 
+    paths = policy_paths(args.files)
+    if not paths:
+        print(
+            f"edgerules validate: no policy files (*.yaml, *.yml) in {', '.join(args.files)}", file=sys.stderr
+        )
+        return EXIT_USAGE
     reports: list[FileReport] = [
-        validate_file(path, args.env, environ=os.environ, for_serving=args.for_serving) for path in args.files
+        validate_file(path, args.env, environ=os.environ, for_serving=args.for_serving) for path in paths
     ]
     ok = all(r.ok for r in reports)
     if args.format == "json":
@@ -71,6 +84,41 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
         bad = sum(not r.ok for r in reports)
         print(f"{errors} error{'s' * (errors != 1)} in {bad} file{'s' * (bad != 1)}", file=out)
     return EXIT_OK if ok else EXIT_INVALID
+
+
+def policy_paths(args: Sequence[str]) -> list[str]:
+    """Files as given; directories searched recursively for policies: *.yaml/*.yml except test files
+    (*.test.yaml) and files that another file in the same search includes (fragments are checked through
+    the policy that includes them)."""
+    from pathlib import Path
+
+    out: list[str] = []
+    for arg in args:
+        if not os.path.isdir(arg):
+            out.append(arg)
+            continue
+        found = sorted(
+            str(p)
+            for pattern in ("*.yaml", "*.yml")
+            for p in Path(arg).rglob(pattern)
+            if not p.name.endswith((".test.yaml", ".test.yml")) and p.is_file()
+        )
+        included = {os.path.realpath(i) for f in found for i in _includes(f)}
+        out += [f for f in found if os.path.realpath(f) not in included]
+    return out
+
+
+def _includes(path: str) -> list[str]:
+    """Paths a policy's top-level `include:` names (relative to it); [] when it cannot be read."""
+    from edgerules.loader import load_yaml_file
+
+    try:
+        data = load_yaml_file(path).data
+    except (PolicyError, OSError):
+        return []
+    entries = data.get("include") if isinstance(data, dict) else None
+    base = os.path.dirname(path)
+    return [os.path.join(base, e) for e in entries if isinstance(e, str)] if isinstance(entries, list) else []
 
 
 def _summary_fields(report: FileReport) -> dict[str, object]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from typing import TextIO
 
 from edgerules.commands._common import add_policy_arguments, load_policy, open_policy_store
@@ -25,6 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     what.add_argument("--all", action="store_true", help="every cached response")
     what.add_argument("--prefix", metavar="PATH", help="every response under this path (segment-wise)")
     what.add_argument("--key", metavar="KEY", help="one cache key (cache:<sha256>) and its variants")
+    purge.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     purge.set_defaults(func=run)
 
 
@@ -36,9 +38,19 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     try:
         removed = asyncio.run(_purge(policy, all=args.all, prefix=args.prefix, key=args.key))
     except Exception as exc:  # StoreUnavailable, or a backend that cannot even be opened
-        out.write(f"error: cache purge failed: store {policy.store.backend} unavailable: {exc}\n")
+        if args.format == "json":
+            out.write(
+                json.dumps({"purged": None, "error": f"store {policy.store.backend} unavailable: {exc}"})
+                + "\n"
+            )
+        else:
+            out.write(f"error: cache purge failed: store {policy.store.backend} unavailable: {exc}\n")
         return 1
     scope = "all entries" if args.all else f"prefix {args.prefix}" if args.prefix else f"key {args.key}"
+    if args.format == "json":
+        what = {"all": True} if args.all else {"prefix": args.prefix} if args.prefix else {"key": args.key}
+        out.write(json.dumps({"purged": removed, **what}) + "\n")
+        return 0
     out.write(f"purged {removed} cache entr{'y' if removed == 1 else 'ies'} ({scope})\n")
     return 0
 
