@@ -32,6 +32,7 @@ from edgerules.engine.values import (
 )
 from edgerules.health import HealthRegistry
 from edgerules.httpcache import invalidates, invalidation_targets, revalidation_headers, stale_if_error_ok
+from edgerules.kinds import EdgeRulesError
 from edgerules.loader import MAX_FILE_BYTES
 from edgerules.lograte import RateLimitedWarning
 from edgerules.metrics import MetricsRecorder, RequestRecord, access_log_line
@@ -63,7 +64,7 @@ class ReloadStatus:
     watch_checked_at: float = 0.0  # last successful check
 
 
-class WatchError(Exception):
+class WatchError(EdgeRulesError):
     """The policy files cannot be checked (not a regular file, a check that does not finish)."""
 
 
