@@ -673,6 +673,7 @@ def _store(ctx: _Ctx, raw: Mapping[str, Any]) -> StoreConfig:
         url=str(raw.get("url") or d.url),
         prefix=str(raw.get("prefix", d.prefix)),
         timeout=_duration(raw.get("timeout"), d.timeout),
+        cluster=bool(raw.get("cluster", d.cluster)),
     )
 
 

@@ -1,4 +1,5 @@
-"""One contract suite for every Store backend (memory, diskcache, real redis-server) plus fault tests."""
+"""One contract suite for every Store backend (memory, diskcache, real redis-server, a real 3-master Redis
+Cluster, a master found through a real Sentinel) plus fault tests."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import pytest_asyncio
 from edgerules.stores import Store, StoreConfig, StoreUnavailable, open_store
 from edgerules.stores.memory import MemoryStore
 from tests.support.loop import LoopTicks
+from tests.support.redis_cluster import redis_cluster, redis_sentinel  # noqa: F401  (fixtures)
 from tests.support.redis_server import RedisServer, redis_server  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +51,7 @@ def _memory_backend() -> Backend:
     return Backend("memory", lambda _prefix: MemoryStore(now=lambda: clock[0]), advance)
 
 
-@pytest_asyncio.fixture(params=["memory", "diskcache", "redis"])
+@pytest_asyncio.fixture(params=["memory", "diskcache", "redis", "redis-cluster", "redis-sentinel"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "memory":
         made = _memory_backend()
@@ -58,6 +60,14 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         made = Backend(
             "diskcache",
             lambda p: open_store(StoreConfig(backend="diskcache", path=path, prefix=p)),
+            asyncio.sleep,
+        )
+    elif request.param in ("redis-cluster", "redis-sentinel"):  # one per session: flushed for each test
+        shared = request.getfixturevalue(request.param.replace("-", "_"))
+        shared.flush()
+        made = Backend(
+            "redis",
+            lambda p: open_store(StoreConfig(backend="redis", url=shared.url, prefix=p, timeout=5.0)),
             asyncio.sleep,
         )
     else:

@@ -21,7 +21,7 @@ def open_store(config: StoreConfig) -> Store:
     if config.backend == "redis":
         from .redis import RedisStore
 
-        return RedisStore(config.url, config.prefix, config.timeout)
+        return RedisStore(config.url, config.prefix, config.timeout, cluster=config.cluster)
     raise ValueError(f"unknown store backend {config.backend!r}")
 
 
@@ -31,7 +31,7 @@ def describe_store(config: StoreConfig) -> str:
     if config.backend == "diskcache":
         where = os.path.abspath(config.path)
     elif config.backend == "redis":
-        where = redact_url(config.url)
+        where = redact_url(config.url) + (" (cluster)" if config.cluster else "")
     else:
         where = "(in this process only)"
     return f"{config.backend} {where} (prefix {config.prefix!r})"

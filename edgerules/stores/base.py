@@ -46,6 +46,7 @@ class StoreConfig:
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "edgerules:"  # every key is namespaced with it (diskcache and redis)
     timeout: float = 1.0  # per-operation timeout (seconds) for redis; StoreUnavailable past it
+    cluster: bool = False  # redis: `url` is one node of a Redis Cluster (also: a redis+cluster:// URL)
 
 
 @dataclass(frozen=True, slots=True)

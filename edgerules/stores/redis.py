@@ -18,21 +18,27 @@ Key design (Redis Cluster friendly):
 - ``keys``/``purge_prefix`` use ``SCAN`` (never ``KEYS``) and delete key by key (``UNLINK``), so no command
   spans slots. Callers that want related keys in one slot put a hash tag in the key, e.g. ``rl:{key-id}:..``.
 
-This class talks to one node (or a proxy in front of a cluster); the commands above are valid on Redis
-Cluster, but running against one directly would need ``redis.asyncio.RedisCluster`` as the client.
+Topologies (``connect``): one node (``redis://``, ``rediss://``, ``unix://``); a Redis Cluster
+(``cluster: true``, or ``redis+cluster://host:port`` / ``rediss+cluster://``: any node, the others are
+discovered) through ``redis.asyncio.RedisCluster``, which sends each command to the master owning its key's slot
+(a MULTI block is on one key, so one slot; the tag script runs outside pipelines there, since a cluster
+pipeline would not load it first); a master watched by Sentinel (``redis+sentinel://host:26379,host2:26379/
+service[/db]``), found through the sentinels and looked up again when it fails over.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import cast
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import RESERVED_PREFIX, StoreHealth, StoreUnavailable, writable_key
@@ -40,6 +46,9 @@ from .base import RESERVED_PREFIX, StoreHealth, StoreUnavailable, writable_key
 # Errors that mean "Redis cannot serve us now". Other ResponseErrors (WRONGTYPE...) are bugs and propagate.
 _UNAVAILABLE = (
     RedisConnectionError,
+    ClusterDownError,
+    SlotNotCoveredError,
+    MasterNotFoundError,
     RedisTimeoutError,
     ReadOnlyError,
     OutOfMemoryError,
@@ -75,23 +84,92 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
 
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
+
+
+def topology(url: str, cluster: bool = False) -> str:
+    """``single``, ``cluster`` or ``sentinel`` for a store URL (and the ``cluster`` setting)."""
+    scheme = urlsplit(url).scheme
+    if scheme in SENTINEL_SCHEMES:
+        return "sentinel"
+    if cluster or scheme in CLUSTER_SCHEMES:
+        return "cluster"
+    return "single"
+
+
+def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, int, str | None, str | None, bool]:
+    """``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``."""
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
+    sentinels = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        sentinels.append((host.strip("[]") or "127.0.0.1", int(port or 26379)) if host else (item, 26379))
+    segments = [unquote(seg) for seg in parts.path.split("/") if seg]
+    if not segments:
+        raise ValueError(
+            f"a sentinel URL names the master: redis+sentinel://host:26379/<service>, got {url!r}"
+        )
+    db = int(segments[1]) if len(segments) > 1 else 0
+    return (
+        sentinels,
+        segments[0],
+        db,
+        unquote(username) or None,
+        unquote(password) or None,
+        SENTINEL_SCHEMES[parts.scheme],
+    )
+
+
 class RedisStore:
-    def __init__(self, url: str, prefix: str, timeout: float) -> None:
+    def __init__(self, url: str, prefix: str, timeout: float, cluster: bool = False) -> None:
         self._prefix = prefix
         self._timeout = timeout
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=timeout,  # how long a call may wait for a free connection
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_error=[],
-        )
-        self._client = aioredis.Redis(connection_pool=pool)
-        kw = self._client.connection_pool.connection_kwargs
-        self._where = kw.get("path") or f"{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}"
+        self.topology = topology(url, cluster)
+        socket_options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if self.topology == "cluster":
+            scheme = urlsplit(url).scheme
+            plain = CLUSTER_SCHEMES.get(scheme, scheme) + url[len(scheme) :]
+            self._client = aioredis.RedisCluster.from_url(
+                plain, max_connections=MAX_CONNECTIONS, **socket_options
+            )
+            first = urlsplit(plain)
+            self._where = f"cluster {first.hostname}:{first.port or 6379}"
+        elif self.topology == "sentinel":
+            sentinels, service, db, username, password, tls = _sentinel_parts(url)
+            self._sentinel = Sentinel(sentinels, sentinel_kwargs=dict(socket_options), **socket_options)
+            self._client = self._sentinel.master_for(
+                service,
+                db=db,
+                username=username,
+                password=password,
+                ssl=tls,
+                max_connections=MAX_CONNECTIONS,
+                **socket_options,
+            )
+            hosts = ",".join(f"{h}:{p}" for h, p in sentinels)
+            self._where = f"sentinel {hosts} master {service}/{db}"
+        else:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=timeout,  # how long a call may wait for a free connection
+                retry_on_error=[],
+                **socket_options,
+            )
+            self._client = aioredis.Redis(connection_pool=pool)
+            kw = self._client.connection_pool.connection_kwargs
+            self._where = kw.get("path") or f"{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}"
         self._tag_add = self._client.register_script(_TAG_ADD)
+        # The cluster and sentinel pools raise at their connection limit instead of waiting for a connection as
+        # the single-node one does: at most that many calls run at once, the rest wait (within their timeout).
+        self._limit = asyncio.Semaphore(MAX_CONNECTIONS) if self.topology != "single" else None
 
     async def _call[T](
         self, op: Callable[[], Awaitable[T]], bounded: bool = True, idempotent: bool = False
@@ -113,8 +191,14 @@ class RedisStore:
         try:
             if bounded:
                 async with asyncio.timeout(self._timeout):
-                    return await attempt()
-            return await attempt()
+                    if self._limit is None:
+                        return await attempt()
+                    async with self._limit:
+                        return await attempt()
+            if self._limit is None:
+                return await attempt()
+            async with self._limit:
+                return await attempt()
         except _UNAVAILABLE as exc:
             detail = str(exc) or "timed out"
             raise StoreUnavailable(f"redis {self._where}: {type(exc).__name__}: {detail}") from exc
@@ -141,7 +225,8 @@ class RedisStore:
         for start in range(0, len(names), _BATCH):
             async with self._client.pipeline(transaction=False) as pipe:
                 for name in names[start : start + _BATCH]:
-                    pipe.unlink(name)
+                    # the raw command: a cluster client's own `unlink` splits keys by slot (a coroutine)
+                    pipe.execute_command("UNLINK", name)
                 deleted += sum(await pipe.execute())
         return deleted
 
@@ -157,18 +242,25 @@ class RedisStore:
         name = self._k(writable_key(key))
 
         async def op() -> None:
+            px = None if ttl is None else _ms(ttl)
+            if self.topology == "cluster":  # entry and tag sets live in different slots: one by one
+                await self._client.set(name, value, px=px)
+                for tag in tags:
+                    await self._tag_add(keys=[self._tag(tag)], args=[name, -1 if px is None else px])
+                return
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.set(name, value, px=None if ttl is None else _ms(ttl))
+                pipe.set(name, value, px=px)
                 for tag in tags:
                     await self._tag_add(
-                        keys=[self._tag(tag)], args=[name, -1 if ttl is None else _ms(ttl)], client=pipe
+                        keys=[self._tag(tag)], args=[name, -1 if px is None else px], client=pipe
                     )
                 await pipe.execute()
 
         await self._call(op, idempotent=True)
 
     async def delete(self, key: str) -> bool:
-        return bool(await self._call(lambda: self._client.unlink(self._k(key)), idempotent=True))
+        name = self._k(key)
+        return bool(await self._call(lambda: self._client.execute_command("UNLINK", name), idempotent=True))
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         name = self._k(writable_key(key))
@@ -230,4 +322,7 @@ class RedisStore:
         return StoreHealth(True, f"redis {self._where}: ping ok")
 
     async def close(self) -> None:
-        await self._client.aclose(close_connection_pool=True)
+        if self.topology == "cluster":
+            await self._client.aclose()
+        else:
+            await self._client.aclose(close_connection_pool=True)
