@@ -1,7 +1,6 @@
 """Region health: the state machine fed by active probes (`edgerules.prober`) and by real traffic (passive).
 
-The seed fetched three health endpoints on every request (DESIGN.md flaw 6). Here a request only reads this
-in-memory state. The registry outlives policy reloads: it is keyed by region name, and a reload just changes
+No request waits for a health check: a request only reads this in-memory state. The registry outlives policy reloads: it is keyed by region name, and a reload just changes
 what the prober probes next.
 """
 

@@ -1,7 +1,7 @@
 """Path normalisation and the path matcher.
 
-The seed matched unanchored regexes against the raw path, so `/api/v1/agents/../../admin` or `/health%0a` could
-pass its allowlist (DESIGN.md flaw 7). Here every path is normalised once, before any rule sees it, and anything
+Unanchored regexes run against the raw path let `/api/v1/agents/../../admin` or `/health%0a` through an
+allowlist. Here every path is normalised once (RFC 3986 6.2.2), before any rule sees it, and anything
 ambiguous is refused instead of guessed: encoded slashes and backslashes, control characters (raw or
 percent-encoded), invalid percent-encoding, dot segments that climb above the root and dot segments
 with `;` parameters (`..;`, which servlet containers read as `..`).

@@ -1,7 +1,7 @@
 """Fixed-window rate limits on a Store: one atomic increment per request.
 
-The seed read the counter, compared, then wrote it back later (flaw 3): concurrent requests all read the
-same value and all pass, and an exhausted key got 401. Here each request does a single `store.incr` (atomic in
+Reading the counter, comparing, then writing it back lets concurrent requests all read the same value and all
+pass. Here each request does a single `store.incr` (atomic in
 every backend), the value it returns decides, and refusals carry 429 data (Retry-After).
 
 Windows are aligned to `floor(now / window)`, so all instances sharing a store agree on them. A fixed window

@@ -1,7 +1,7 @@
 """Authenticated identity, its forwarded headers, and the Authorization header parser.
 
-The seed forwarded `X-User-*` headers without stripping client-sent copies (flaw 4): `is_spoofable_header`
-is what the engine uses to strip every variant from every request before adding its own.
+A client must never be able to send its own `X-User-*` headers to the origin: `is_spoofable_header` is what
+the engine uses to strip every variant from every request before adding its own.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Bearer JWT verification: strict parsing, algorithm allowlist, PyJWT for signatures and claims, LRU cache.
 
-What the seed got wrong (flaw 2): `atob` instead of base64url, no algorithm allowlist, no `nbf`,
-non-constant-time compare. Here every segment is strict base64url, `alg` must be allowlisted and match the
-key type (HS* only with the configured secret, asymmetric only with a JWKS key), PyJWT verifies the
-signature (constant time) and iss/aud/required claims.
+RFC 7515/7519 with the RFC 8725 best practices (the classic mistakes: `atob` instead of base64url, no
+algorithm allowlist, no `nbf`, a non-constant-time compare). Every segment is strict base64url, `alg` must be
+allowlisted and match the key type (HS* only with the configured secret, asymmetric only with a JWKS key),
+PyJWT verifies the signature (constant time) and iss/aud/required claims.
 
 Time claims (exp/nbf/iat) are checked here, with the same rules as PyJWT, against the injected clock so that
 the verification cache and the claim checks share one notion of "now" (PyJWT reads the wall clock itself).

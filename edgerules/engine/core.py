@@ -716,8 +716,8 @@ async def _cache_lookup(run: _Run) -> Decision | None:
     ctx.cache_rule = rule
     principal = None
     if rule.key_principal:
-        # The authenticated principal, or a hash of whatever credentials came on a public path: never the
-        # seed's shared 8-character prefix (flaw 1).
+        # The authenticated principal, or a hash of whatever credentials came on a public path: never a prefix
+        # of the credential (distinct credentials could share it and read each other's entries).
         principal = effective_principal(ctx.identity.principal if ctx.identity else None, req.headers)
     key_headers = tuple([(name, req.headers.get(name) or "") for name in rule.key_headers])
     ctx.cache_key = _cache_key(req.method, req.scheme, req.host, ctx.path, run.query, principal, key_headers)

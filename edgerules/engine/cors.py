@@ -1,7 +1,7 @@
 """CORS per path rule: preflight answered at the edge, origins from an allowlist, always `Vary: Origin`.
 
-The seed ran preflight through authentication (browsers send it without credentials, so it failed) and sent a
-fixed origin only on some 200 responses (DESIGN.md flaw 5).
+Browsers send the preflight without credentials (Fetch standard, "CORS-preflight request"), so it is answered
+here, before authentication; the allowed origin is echoed on every response of the rule, never a fixed one.
 """
 
 from __future__ import annotations
