@@ -338,6 +338,9 @@ def _routing(ctx: _Ctx, raw: Mapping[str, Any]) -> model.Routing:
             ),
             degraded=_header_name(headers["degraded"]) if "degraded" in headers else hd.degraded,
             forwarded=bool(headers.get("forwarded", hd.forwarded)),
+            strip_untrusted=tuple(str(h).lower() for h in headers["strip_untrusted"])
+            if "strip_untrusted" in headers
+            else hd.strip_untrusted,
         ),
         latency_target=model.LatencyTarget(
             **{

@@ -98,6 +98,24 @@ class LatencyTarget:
     default_ms: float = 100.0
 
 
+# Request headers that say where a request came from or what it asked for, which frameworks believe (absolute
+# URLs, redirects, routing, client IPs): removed from a client's request unless it came through a trusted proxy.
+DEFAULT_STRIP_UNTRUSTED: tuple[str, ...] = (
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-host",
+    "x-forwarded-scheme",
+    "x-forwarded-server",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class RoutingHeaders:
     target_region: str | None = "X-CF-Target-Region"
@@ -105,6 +123,7 @@ class RoutingHeaders:
     latency_target: str | None = "X-CF-Latency-Target"
     degraded: str | None = "X-Edge-Degraded"
     forwarded: bool = True
+    strip_untrusted: tuple[str, ...] = DEFAULT_STRIP_UNTRUSTED  # lower-case names
 
 
 @dataclass(frozen=True, slots=True)

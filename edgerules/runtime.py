@@ -481,7 +481,7 @@ class EdgeRuntime:
                     ctx.cache_key,
                     ctx.path or req.path,
                     req.method,
-                    req.headers.pairs,
+                    (ctx.cache_request_headers or req.headers).pairs,
                     status,
                     list(exchange.extra.get("origin_headers", headers)),  # type: ignore[call-overload]
                     body,
@@ -603,7 +603,7 @@ class EdgeRuntime:
                     ctx.cache_key,
                     ctx.path or req.path,
                     "GET",
-                    req.headers.pairs,
+                    (ctx.cache_request_headers or req.headers).pairs,
                     response.status,
                     response.headers,
                     response.body,

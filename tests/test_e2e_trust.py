@@ -236,3 +236,61 @@ def test_purge_by_key_only_touches_cache_entries(balanced):
         assert response.status == 400, (request, response.body)
     assert http("POST", url, auth, json={"key": "cache:" + "0" * 64}).status == 200
     assert http("POST", url, auth, json={"prefix": "/api/v1/agents"}).status == 200
+
+
+# -- item 2: forwarding headers are the edge's --------------------------------------------------------------
+
+SPOOFED = [
+    ("X-Forwarded-Host", "evil.example"),
+    ("X-Forwarded-For", "6.6.6.6"),
+    ("X-Forwarded-Proto", "https"),
+    ("Forwarded", "for=6.6.6.6;host=evil.example"),
+    ("X-Original-URL", "/admin"),
+    ("X-Rewrite-URL", "/admin"),
+    ("X-Host", "evil.example"),
+    ("X-Forwarded-Scheme", "https"),
+    ("X-Forwarded-Server", "evil.example"),
+]
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory):
+    """The edge where no peer is a trusted proxy (as in the shipped base and `production` for loopback)."""
+    origins = start_origins(list(REGIONS))
+    policy = write_policy(
+        tmp_path_factory.mktemp("strict"),
+        {name: origin.port for name, origin in origins.items()},
+        {"geo": {"trusted_proxies": []}},
+    )
+    proxy = start_edge_process(policy, environ=ENV)
+    try:
+        yield proxy, origins
+    finally:
+        proxy.stop()
+        origins.stop_all()
+
+
+def test_client_forwarding_headers_are_replaced_by_what_the_edge_saw(strict):
+    proxy, _ = strict
+    response = http("GET", proxy.url + unique(), [*SPOOFED, *bearer().items()])
+    assert response.status == 200, response.body
+    seen = {k.lower(): v for k, v in response.json()["headers"].items()}
+    host = f"127.0.0.1:{proxy.port}"
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"] == host
+    assert seen["forwarded"] == f'for=127.0.0.1;host="{host}";proto=http'
+    for name in ("x-original-url", "x-rewrite-url", "x-host", "x-forwarded-scheme", "x-forwarded-server"):
+        assert name not in seen, name
+    assert "evil.example" not in response.body.decode()
+
+
+def test_a_spoofed_forwarding_header_cannot_poison_the_shared_cache(strict):
+    proxy, _ = strict
+    path = unique("/api/v1/agents")
+    auth = bearer("shared-user")
+    first = http("GET", proxy.url + path, [("X-Forwarded-Host", "evil.example"), *auth.items()])
+    assert first.status == 200 and first.headers["CF-Cache-Status"] == "MISS"
+    second = http("GET", proxy.url + path, auth)
+    assert second.status == 200 and second.headers["CF-Cache-Status"] == "HIT"
+    assert b"evil.example" not in first.body + second.body

@@ -188,3 +188,63 @@ def test_admin_token_is_compared_as_digests():
     assert admin_allowed(runtime, "203.0.113.9", ok)
     for sent in ("Bearer " + "s" * 39, "Bearer " + "s" * 41, "Basic " + "s" * 40, ""):
         assert not admin_allowed(runtime, "127.0.0.1", HeaderView([("Authorization", sent)]))
+
+
+# -- item 2: forwarding headers ----------------------------------------------------------------------------
+
+
+def forwarded_headers(decision) -> tuple[dict[str, str], tuple[str, ...]]:
+    forward = decision.outcome
+    assert isinstance(forward, Forward), decision.trace_text()
+    return {n.lower(): v for n, v in forward.set_headers}, forward.remove_headers
+
+
+def test_untrusted_client_copies_are_stripped_and_the_edge_sets_its_own():
+    spoofed = [
+        ("X-Forwarded-Host", "evil"),
+        ("X-Original-URL", "/x"),
+        ("Forwarded", "for=1.2.3.4"),
+        ("Host", "api.a"),
+    ]
+    decision = decide(
+        request("GET", "/api/v1/calls/1", [*spoofed, *bearer().items()], client_ip="203.0.113.7")
+    )
+    sets, removed = forwarded_headers(decision)
+    assert {"x-forwarded-host", "x-original-url", "forwarded"} <= set(removed)
+    assert sets["x-forwarded-for"] == "203.0.113.7" and sets["x-forwarded-host"] == "api.a"
+    assert sets["forwarded"] == "for=203.0.113.7;host=api.a;proto=http"
+
+
+def test_a_trusted_proxy_keeps_its_headers_and_the_edge_appends():
+    sent = [
+        ("X-Forwarded-For", "198.51.100.1"),
+        ("Forwarded", "for=198.51.100.1"),
+        ("X-Forwarded-Host", "a.b"),
+    ]
+    decision = decide(request("GET", "/api/v1/calls/1", [*sent, *bearer().items()], client_ip="::1"))
+    sets, removed = forwarded_headers(decision)  # `local` trusts loopback
+    assert "x-forwarded-host" not in removed
+    assert sets["x-forwarded-for"] == "198.51.100.1, ::1" and sets["x-forwarded-host"] == "a.b"
+    assert sets["forwarded"] == 'for=198.51.100.1, for="[::1]";host=api.aybiza.test;proto=http'
+
+
+def test_strip_untrusted_is_a_policy_list():
+    policy = seed_policy()
+    routing = policy.routing
+    headers = dataclasses.replace(routing.headers, strip_untrusted=("x-custom-origin",), forwarded=False)
+    policy = dataclasses.replace(policy, routing=dataclasses.replace(routing, headers=headers))
+    sent = [("X-Custom-Origin", "x"), ("X-Forwarded-Host", "y"), *bearer().items()]
+    sets, removed = forwarded_headers(
+        decide(request("GET", "/api/v1/calls/1", sent, client_ip="203.0.113.7"), policy=policy)
+    )
+    assert "x-custom-origin" in removed and "x-forwarded-host" not in removed
+    assert "x-forwarded-for" not in sets
+
+
+def test_vary_is_judged_on_the_headers_the_origin_got():
+    sent = [("X-Forwarded-Host", "evil"), ("Accept-Encoding", "identity"), *bearer().items()]
+    decision = decide(request("GET", "/api/v1/agents/1", sent, client_ip="203.0.113.7"))
+    view = decision.context.cache_request_headers
+    assert view.get("x-forwarded-host") == "api.aybiza.test"
+    assert view.get("x-forwarded-for") == "203.0.113.7"
+    assert view.get("accept-encoding") == "gzip, br"  # the policy's request rule, as the origin saw it

@@ -153,6 +153,7 @@ class _Run:
     __slots__ = (
         "add",
         "ctx",
+        "edited",
         "facts",
         "plan",
         "policy",
@@ -176,6 +177,7 @@ class _Run:
         self.add: list[tuple[str, str]] = []
         self.remove: list[str] = []
         self.segments: list[str] = []  # paths.split_path of the normalised path, split once for every rule
+        self.edited = False  # _edge_headers ran (before the cache lookup, or when routing)
         self.query = req.query  # the query forwarded and keyed: without `_method` when overrides are stripped
         # match_request's arguments after match, once the class is known (see _classify)
         self.facts: tuple = ()
@@ -721,7 +723,11 @@ async def _cache_lookup(run: _Run) -> Decision | None:
         principal = effective_principal(ctx.identity.principal if ctx.identity else None, req.headers)
     key_headers = tuple([(name, req.headers.get(name) or "") for name in rule.key_headers])
     ctx.cache_key = _cache_key(req.method, req.scheme, req.host, ctx.path, run.query, principal, key_headers)
-    lookup = await run.state.cache.lookup(rule, ctx.cache_key, req.method, req.headers)
+    # Vary is about the request the origin got: the client's headers with the edge's edits (a header the
+    # edge strips or sets, X-Forwarded-Host say, selects the variant by the value the origin saw).
+    _edge_headers(run)
+    ctx.cache_request_headers = forwarded = _as_forwarded(run)
+    lookup = await run.state.cache.lookup(rule, ctx.cache_key, req.method, forwarded)
     ctx.cache_status = str(lookup.status)
     ctx.cache_reason = lookup.reason
     entry = lookup.entry
@@ -806,15 +812,7 @@ def _route(run: _Run) -> Decision:
     run.trace.append(route.note)
     first = route.targets[0]
     ctx.region, ctx.routing_priority, ctx.degraded = first.region, first.priority, first.degraded
-
-    classify = policy.classify
-    if classify.class_header and ctx.request_class:
-        run.set_headers.append((classify.class_header, ctx.request_class))
-    if classify.priority_header and ctx.priority:
-        run.set_headers.append((classify.priority_header, ctx.priority))
-    if policy.routing.headers.forwarded:
-        _forwarded_headers(run)
-    _request_header_rules(run)
+    _edge_headers(run)
     stream = req.websocket or ctx.request_class in run.plan.stream_classes
     forward = Forward(
         regions=route.targets,
@@ -844,14 +842,71 @@ def _route_plan(run: _Run) -> RoutePlan:
     return route
 
 
-def _forwarded_headers(run: _Run) -> None:
+def _as_forwarded(run: _Run) -> HeaderView:
+    """The client's headers as the origin gets them (before hop-by-hop and per-region headers)."""
+    replaced = {name.lower() for name, _ in run.set_headers}
+    dropped = replaced.union(name.lower() for name in run.remove)
+    kept = [(n, v) for n, v in run.req.headers.pairs if n.lower() not in dropped]
+    return HeaderView([*kept, *run.set_headers])
+
+
+def _edge_headers(run: _Run) -> None:
+    """The request header edits that do not depend on the region: class and priority, the forwarding
+    headers, the policy's request rules. Made once, before the cache lookup when there is one (the cache's
+    Vary handling compares what the origin was sent), else when routing."""
+    if run.edited:
+        return
+    run.edited = True
+    policy, ctx = run.policy, run.ctx
+    classify = policy.classify
+    if classify.class_header and ctx.request_class:
+        run.set_headers.append((classify.class_header, ctx.request_class))
+    if classify.priority_header and ctx.priority:
+        run.set_headers.append((classify.priority_header, ctx.priority))
+    _forwarding_headers(run)
+    _request_header_rules(run)
+
+
+def _forwarding_headers(run: _Run) -> None:
+    """The edge owns the forwarding headers: client copies of `routing.headers.strip_untrusted` are removed
+    unless the peer is a trusted proxy (`geo.trusted_proxies`), and X-Forwarded-For/-Proto/-Host and
+    Forwarded say what the edge saw (appended to a trusted proxy's)."""
     req = run.req
-    previous = req.headers.get("x-forwarded-for")
-    if previous and _trusted(run):
-        run.set_headers.append(("X-Forwarded-For", f"{previous}, {req.client_ip}"))
-    else:
-        run.set_headers.append(("X-Forwarded-For", req.client_ip))
-    run.set_headers.append(("X-Forwarded-Proto", req.scheme))
+    headers = req.headers
+    names = run.policy.routing.headers
+    trusted = _trusted(run)
+    if not trusted:
+        stripped = [name for name in names.strip_untrusted if name in headers]
+        if stripped:
+            run.remove.extend(stripped)
+            run.note("strip", "forwarding headers", "removed", ", ".join(stripped))
+    if not names.forwarded:
+        return
+    client_ip, scheme = req.client_ip, req.scheme
+    host = headers.get("host") or req.host
+    previous = headers.joined("x-forwarded-for") if trusted else None
+    run.set_headers.append(("X-Forwarded-For", f"{previous}, {client_ip}" if previous else client_ip))
+    proto = headers.get("x-forwarded-proto") if trusted else None
+    run.set_headers.append(("X-Forwarded-Proto", proto or scheme))
+    forwarded_host = headers.get("x-forwarded-host") if trusted else None
+    run.set_headers.append(("X-Forwarded-Host", forwarded_host or host))
+    element = f"for={_forwarded_node(client_ip)};host={_forwarded_value(host)};proto={scheme}"
+    previous = headers.joined("forwarded") if trusted else None
+    run.set_headers.append(("Forwarded", f"{previous}, {element}" if previous else element))
+
+
+def _forwarded_node(ip: str) -> str:
+    """RFC 7239 node: an IPv6 address in brackets and quotes."""
+    return f'"[{ip}]"' if ":" in ip else (ip or "unknown")
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _forwarded_value(value: str) -> str:
+    if _TOKEN.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _request_header_rules(run: _Run) -> None:

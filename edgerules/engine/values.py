@@ -149,6 +149,8 @@ class Context:
     # stale-if-error serves when the origin fails
     cache_lookup: Any = None
     cache_revalidate: Any = None  # Forward: the background revalidation a STALE answer (RFC 5861) schedules
+    # HeaderView: the request headers as forwarded (the edge's edits applied), what the cache's Vary compares
+    cache_request_headers: Any = None
     error: str | None = None
 
 
