@@ -25,7 +25,14 @@ if str(REPO) not in sys.path:
 
 from tests.support.origins import Origin  # noqa: E402
 from tests.support.policies import ENV, JWT_SECRET, write_policy  # noqa: E402
-from tests.support.proxy import Proxy, http, start_edge_process, start_mitmdump  # noqa: E402
+from tests.support.proxy import (  # noqa: E402
+    Proxy,
+    http,
+    serve_argv,
+    start_command,
+    start_edge_process,
+    start_mitmdump,
+)
 from tests.support.redis_server import RedisServer  # noqa: E402
 from tests.support.shared_store import add_api_key  # noqa: E402
 
@@ -52,6 +59,7 @@ __all__ = [
     "start_edge_addon",
     "start_edge_serve",
     "start_origin",
+    "tree_cpu_seconds",
     "wrk",
 ]
 
@@ -80,8 +88,11 @@ def start_edge_addon(policy: Path) -> Proxy:
     return start_edge_process(policy, environ=ENV)
 
 
-def start_edge_serve(policy: Path) -> Proxy:
-    return start_edge_process(policy, environ=ENV, serve=True)
+def start_edge_serve(policy: Path, workers: int = 1) -> Proxy:
+    if workers == 1:
+        return start_edge_process(policy, environ=ENV, serve=True)
+    argv = [*serve_argv({"edgerules_policy": str(policy), "edgerules_env": "e2e"}), "--workers", str(workers)]
+    return start_command(argv, env=ENV, name=f"edgerules-serve-w{workers}", ready_timeout=60)
 
 
 # -- /proc ----------------------------------------------------------------------------------------------------
@@ -91,6 +102,20 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time the process has used so far (/proc/PID/stat fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and every live descendant (`serve --workers N`: the supervisor and its workers)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += cpu_seconds(current)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:  # exited meanwhile
+            continue
+    return total
 
 
 def rss_mib(pid: int) -> float:
@@ -186,11 +211,11 @@ def wrk(
     argv = [exe, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "5s"]
     if script is not None:
         argv += ["-s", str(script)]
-    cpu_before = cpu_seconds(pid) if pid else 0.0
+    cpu_before = tree_cpu_seconds(pid) if pid else 0.0
     done = subprocess.run(
         [*argv, *extra, url], capture_output=True, text=True, timeout=duration + 30, check=True
     )
-    cpu = (cpu_seconds(pid) - cpu_before) if pid else 0.0
+    cpu = (tree_cpu_seconds(pid) - cpu_before) if pid else 0.0
     out = done.stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]

@@ -145,11 +145,18 @@ def main() -> int:
     parser.add_argument("--engine-n", type=int, default=5000)
     parser.add_argument("--skip-others", action="store_true", help="do not run bench_auth/cache/metrics.py")
     parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
+    parser.add_argument(
+        "--workers-only",
+        action="store_true",
+        help="run only `serve --workers 2` beside `--workers 1` and replace that section of --output",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed: run `make system-deps` (or apt-get install wrk)", file=sys.stderr)
         return 1
     began = time.monotonic()
+    if args.workers_only:
+        return workers_only(args, began)
 
     print("engine decision time ...", flush=True)
     engine = bench_engine.measure(args.engine_n)
@@ -181,23 +188,7 @@ def main() -> int:
             for name, start in starts:
                 proxies[name] = start()
                 started.append(proxies[name])
-            auth_headers = {"Authorization": f"Bearer {bearer_token()}", "CF-IPCountry": "US"}
-            scripts: dict[tuple[str, str], Path] = {}
-            for name, proxy in proxies.items():
-                # bare mitmdump checks nothing: it forwards the same request with any key
-                key = api_key(policies[name]) if name in policies else "not-checked"
-                headers = {
-                    "jwt": auth_headers,
-                    "api_key": {"Authorization": f"API-Key {key}", "CF-IPCountry": "US"},
-                    "hit": {},
-                }
-                for scenario, (path, _label) in SCENARIOS.items():
-                    scripts[(name, scenario)] = lua_script(tmpdir, headers[scenario])
-                    # warm: connections, the JWT cache, the key's record, the /health cache entry
-                    for _ in range(2):
-                        status = http("GET", proxy.url + path, headers[scenario]).status
-                        if status != 200:
-                            raise RuntimeError(f"warm-up {scenario} via {proxy} answered {status}")
+            scripts = prepare(proxies, policies, tmpdir)
             print("throughput (interleaved rounds) ...", flush=True)
             runs = throughput(proxies, scripts, args)
             print(f"memory of edgerules serve over {args.memory_requests} requests ...", flush=True)
@@ -206,6 +197,8 @@ def main() -> int:
             mem_addon = memory(proxies["addon"], tmpdir, 5000, args.connections)
             for proxy in started:
                 proxy.stop()
+            print("edgerules serve --workers 2 beside --workers 1 ...", flush=True)
+            workers = workers_comparison(args, origin, tmpdir)
     finally:
         for proxy in started:
             proxy.stop()  # again on an error: stopping a stopped process is a no-op
@@ -215,11 +208,108 @@ def main() -> int:
 
     extra = others(args.skip_others, began + 570)
     rows = table(engine, runs, mem, mem_addon, args)
-    text = render(rows, extra, args, time.monotonic() - began)
+    text = render(rows, extra, args, time.monotonic() - began, workers_markdown(workers, args))
     Path(args.output).write_text(text)
     print()
     print(text)
     print(f"written to {args.output}")
+    return 0
+
+
+def prepare(
+    proxies: dict[str, Proxy], policies: dict[str, Path], tmpdir: Path
+) -> dict[tuple[str, str], Path]:
+    """A wrk script per (proxy, scenario), after warming each proxy on each scenario."""
+    auth_headers = {"Authorization": f"Bearer {bearer_token()}", "CF-IPCountry": "US"}
+    scripts: dict[tuple[str, str], Path] = {}
+    for name, proxy in proxies.items():
+        # bare mitmdump checks nothing: it forwards the same request with any key
+        key = api_key(policies[name]) if name in policies else "not-checked"
+        headers = {
+            "jwt": auth_headers,
+            "api_key": {"Authorization": f"API-Key {key}", "CF-IPCountry": "US"},
+            "hit": {},
+        }
+        for scenario, (path, _label) in SCENARIOS.items():
+            scripts[(name, scenario)] = lua_script(tmpdir, headers[scenario])
+            # warm: connections, the JWT cache, the key's record, the /health cache entry (several times: with
+            # --workers each worker has its own connections and JWT memo)
+            for _ in range(4):
+                status = http("GET", proxy.url + path, headers[scenario]).status
+                if status != 200:
+                    raise RuntimeError(f"warm-up {scenario} via {proxy} answered {status}")
+    return scripts
+
+
+WORKERS_HEADING = "## edgerules serve --workers 2 beside --workers 1"
+
+
+def workers_comparison(args, origin, tmpdir: Path) -> dict[tuple[str, str], list[WrkResult]]:
+    """The same policy (diskcache store) served by one process and by a supervisor with two workers."""
+    policies = {}
+    for name in ("w1", "w2"):
+        (tmpdir / name).mkdir(exist_ok=True)
+        policies[name] = edge_policy(tmpdir / name, origin)
+    proxies: dict[str, Proxy] = {}
+    try:
+        proxies["w1"] = start_edge_serve(policies["w1"])
+        proxies["w2"] = start_edge_serve(policies["w2"], workers=2)
+        scripts = prepare(proxies, policies, tmpdir)
+        return throughput(proxies, scripts, args)
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+
+
+def workers_markdown(runs: dict[tuple[str, str], list[WrkResult]], args) -> str:
+    lines = [
+        WORKERS_HEADING,
+        "",
+        f"Both on this machine's {_cpus()} CPUs, which also run wrk (-t1 -c{args.connections}) and the one-process "
+        f"aiohttp origin; median of {args.rounds} interleaved rounds of {args.duration:g} s. CPU per request is "
+        "the supervisor's and its workers' CPU time over the run divided by the requests. Goal on 2 CPUs: "
+        ">= 1.5x.",
+        "",
+        "| scenario | --workers 1 | --workers 2 | ratio | CPU/request (1 -> 2) |",
+        "|---|---|---|---|---|",
+    ]
+    for scenario, (_path, label) in SCENARIOS.items():
+        one, two = runs[("w1", scenario)], runs[("w2", scenario)]
+        errors = sum(r.errors for r in one + two)
+        lines.append(
+            f"| {label} | {_median(one, 'rps'):.0f} req/s, p99 {_median(one, 'p99_ms'):.1f} ms "
+            f"| {_median(two, 'rps'):.0f} req/s, p99 {_median(two, 'p99_ms'):.1f} ms "
+            f"| {_median(two, 'rps') / _median(one, 'rps'):.2f}x "
+            f"| {_median(one, 'cpu_us_per_request'):.0f} -> {_median(two, 'cpu_us_per_request'):.0f} us"
+            + (f" ({errors} errors)" if errors else "")
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def workers_only(args, began: float) -> int:
+    """Measure only the workers comparison and put its section into --output (replacing an older one)."""
+    origin = start_origin()
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgerules-bench-", ignore_cleanup_errors=True) as tmp:
+            runs = workers_comparison(args, origin, Path(tmp))
+    finally:
+        origin.stop()
+    section = workers_markdown(runs, args)
+    path = Path(args.output)
+    text = path.read_text() if path.exists() else ""
+    if WORKERS_HEADING in text:
+        head, _, rest = text.partition(WORKERS_HEADING)
+        _, sep, tail = rest.partition("\n## ")
+        text = head + section + ("\n## " + tail if sep else "")
+    elif "\n## " in text:
+        head, _, tail = text.partition("\n## ")
+        text = head + "\n" + section + "\n## " + tail
+    else:
+        text += "\n" + section
+    path.write_text(text)
+    print(section)
+    print(f"written to {args.output} ({time.monotonic() - began:.0f} s)")
     return 0
 
 
@@ -345,7 +435,7 @@ def table(engine, runs, mem, mem_addon, args) -> list[Row]:
     return rows
 
 
-def render(rows: list[Row], extra: list[tuple[str, str]], args, elapsed: float) -> str:
+def render(rows: list[Row], extra: list[tuple[str, str]], args, elapsed: float, workers: str = "") -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -371,6 +461,8 @@ def render(rows: list[Row], extra: list[tuple[str, str]], args, elapsed: float) 
         "run with their default flow log (`flow_detail=1`); `edgerules serve` has no flow dumper. The Redis "
         "figures use one local `redis-server` on the same two CPUs.",
     ]
+    if workers:
+        lines += ["", workers.rstrip("\n")]
     for name, text in extra:
         lines += ["", f"## {name}", "", "```", text, "```"]
     return "\n".join(lines) + "\n"

@@ -158,7 +158,7 @@ def use_inherited_socket(sock: socket.socket) -> None:
     this: its `listen` is replaced for reverse mode in this process only."""
     original = mode_servers.ReverseInstance.listen
 
-    async def listen(self, host: str, port: int):  # type: ignore[no-untyped-def]
+    async def listen(self, host: str, port: int):
         if self.mode.transport_protocol != "tcp":
             return await original(self, host, port)
         return [await asyncio.start_server(self.handle_stream, sock=sock, backlog=1024)]

@@ -128,6 +128,8 @@ class RedisStore:
         self._prefix = prefix
         self._timeout = timeout
         self.topology = topology(url, cluster)
+        # Redis, or RedisCluster (same command methods; their stubs differ in pools and pipelines)
+        self._client: Any
         socket_options: dict[str, Any] = {
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
