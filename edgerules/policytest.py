@@ -19,7 +19,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,7 +301,7 @@ def check_against_policy(tf: TestFile, policy: Policy) -> list[Diagnostic]:
         p = f"/cases/{i}"
         expect = case.data.get("expect") or {}
         world = case.data.get("world") or {}
-        checks = [
+        checks: list[tuple[str, Sequence[str], str]] = [
             ("region", regions, "region {!r} is not defined in the policy's regions"),
             ("class", classes, "class {!r} is not a request class of the policy"),
             ("request_priority", priorities, "request priority {!r} is not one the policy assigns"),

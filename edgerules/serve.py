@@ -123,7 +123,9 @@ class HookTable(addonmanager.AddonManager):
             return
         names = self._arg_names.get(type(event))
         if names is None:
-            names = self._arg_names[type(event)] = tuple(f.name for f in dataclasses.fields(event))
+            # every mitmproxy hook is a dataclass (the Hook base class is not declared one)
+            fields = dataclasses.fields(event)  # type: ignore[arg-type]
+            names = self._arg_names[type(event)] = tuple(f.name for f in fields)
         args = [getattr(event, name) for name in names]
         for funcs in handlers:
             try:

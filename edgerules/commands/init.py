@@ -173,8 +173,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if args.format == "json":
         print(json.dumps({"created": written}), file=out)
         return 0
-    for path in written:
-        print(f"created {path}", file=out)
+    for name in written:
+        print(f"created {name}", file=out)
     print(
         f"\nnext:\n  edgerules validate {rules}/\n  edgerules test {rules}/\n"
         f"  export {args.secret_var}=$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')\n"

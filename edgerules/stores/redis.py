@@ -135,6 +135,7 @@ class RedisStore:
             "socket_connect_timeout": timeout,
             "retry": Retry(NoBackoff(), 0),
         }
+        self._client: aioredis.Redis | aioredis.RedisCluster
         if self.topology == "cluster":
             scheme = urlsplit(url).scheme
             plain = CLUSTER_SCHEMES.get(scheme, scheme) + url[len(scheme) :]
@@ -165,8 +166,9 @@ class RedisStore:
                 retry_on_error=[],
                 **socket_options,
             )
-            self._client = aioredis.Redis(connection_pool=pool)
-            kw = self._client.connection_pool.connection_kwargs
+            client = aioredis.Redis(connection_pool=pool)
+            self._client = client
+            kw = client.connection_pool.connection_kwargs
             self._where = kw.get("path") or f"{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}"
         self._tag_add = self._client.register_script(_TAG_ADD)
         # The cluster and sentinel pools raise at their connection limit instead of waiting for a connection as
@@ -254,7 +256,11 @@ class RedisStore:
                 pipe.set(name, value, px=px)
                 for tag in tags:
                     await self._tag_add(
-                        keys=[self._tag(tag)], args=[name, -1 if px is None else px], client=pipe
+                        keys=[self._tag(tag)],
+                        args=[name, -1 if px is None else px],
+                        client=cast(
+                            "aioredis.Redis", pipe
+                        ),  # a pipeline runs the script (stubs: clients only)
                     )
                 await pipe.execute()
 
@@ -324,7 +330,7 @@ class RedisStore:
         return StoreHealth(True, f"redis {self._where}: ping ok")
 
     async def close(self) -> None:
-        if self.topology == "cluster":
+        if isinstance(self._client, aioredis.RedisCluster):
             await self._client.aclose()
         else:
             await self._client.aclose(close_connection_pool=True)
