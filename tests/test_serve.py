@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -18,10 +19,11 @@ import pytest
 import tests.test_e2e_edge as e2e
 from edgerules.serve import default_mode, parse_listen
 from tests.support.origins import start_origins
-from tests.support.policies import ENV, write_policy
+from tests.support.policies import ENV, bearer, write_policy
 from tests.support.processes import VENV_BIN, ProcessError
 from tests.support.proxy import Proxy, http, start_command
 from tests.support.proxy import serve_argv as support_serve_argv
+from tests.support.shared_store import poll_until
 from tests.test_e2e_edge import (  # noqa: F401  (collected here, run against `edgerules serve`)
     test_addon_announces_itself,
     test_admin_status_reports_regions,
@@ -125,6 +127,50 @@ def test_signal_shuts_down_cleanly(tmp_path, sig):
             os.kill(proxy.pid, sig)
             assert wait_exit(proxy, 10) == 0, proxy.output()
             assert "Traceback" not in proxy.output()
+        finally:
+            proxy.stop()
+    finally:
+        origins.stop_all()
+
+
+def test_sigterm_lets_requests_in_flight_finish(tmp_path):
+    origins = start_origins(["us-east-1", "us-west-2", "eu-west-1"])
+    try:
+        proxy = start_serve(tmp_path, origins)
+        try:
+            path = "/api/v1/calls/drain"
+            result = {}
+            headers = {"CF-IPCountry": "US", "X-Test-Delay": "1.5", **bearer()}
+            client = threading.Thread(
+                target=lambda: result.update(r=http("GET", f"{proxy.url}{path}", headers, timeout=20))
+            )
+            client.start()
+            poll_until(lambda: origins["us-east-1"].hits(path), lambda n: n >= 1, timeout=10)
+            os.kill(proxy.pid, signal.SIGTERM)  # while the origin still holds the request
+            client.join(20)
+            assert result["r"].status == 200, result  # finished, not cut off
+            assert wait_exit(proxy, 20) == 0, proxy.output()
+            with pytest.raises(OSError):  # and nothing listens any more
+                http("GET", f"{proxy.url}/health", timeout=2)
+        finally:
+            proxy.stop()
+    finally:
+        origins.stop_all()
+
+
+def test_sighup_reloads_the_policy(tmp_path):
+    origins = start_origins(["us-east-1"])
+    try:
+        proxy = start_serve(tmp_path, origins)
+        try:
+
+            def reloads() -> int:
+                return http("GET", f"{proxy.url}/__edgerules/status").json()["reload"]["reloads"]
+
+            before = reloads()
+            os.kill(proxy.pid, signal.SIGHUP)
+            assert poll_until(reloads, lambda n: n > before, timeout=15) == before + 1
+            assert proxy.running
         finally:
             proxy.stop()
     finally:
