@@ -6,6 +6,7 @@ catches everything and answers a generic 500 instead, and until a policy is load
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -23,6 +24,8 @@ from edgerules.flowconv import edge_request
 from edgerules.flowview import ERROR_MARK, META, decision_data, internal_error_data, summary
 from edgerules.gctuning import freeze_startup_objects
 from edgerules.guard import answer_and_close, closes_unread, pending_body, raw_response, wrap_http_layer
+from edgerules.mitmprivate import fast_response
+from edgerules.policy import load_policy_file
 from edgerules.runtime import EdgeRuntime, Exchange
 
 log = logging.getLogger("edgerules")
@@ -30,6 +33,8 @@ log = logging.getLogger("edgerules")
 # A request head (request line and every header line) above this is refused with 431 while it is being read.
 # The policy's own checks (validation.max_url_length, max_header_size) apply to the heads below it.
 DEFAULT_MAX_HEAD_BYTES = 65536
+OPTIONS = frozenset({"edgerules_policy", "edgerules_env", "edgerules_reload_interval"})
+STARTUP_WAIT = 30.0  # seconds a request waits for the runtime to start (store, prober) before a 503
 LIVE_LIMIT = 100_000  # flows in flight the addon remembers at most (a flow that never ends must not leak)
 
 
@@ -67,27 +72,7 @@ def _response(status: int, headers, body: bytes) -> http.Response:
         fields.append((b"content-length", length))
     now = time.time()
     reason = status_codes.RESPONSES.get(status, "").encode()
-    return _message(status, reason, http.Headers(fields), body, now)
-
-
-def _message(status: int, reason: bytes, headers: http.Headers, body: bytes, now: float) -> http.Response:
-    """`http.Response(b"HTTP/1.1", status, reason, headers, body, None, now, now)` without the type check
-    mitmproxy's message data runs field by field when Python is not started with -O (about a third of the cost
-    of building a response, for every response): every value here already has the checked type."""
-    data = object.__new__(http.ResponseData)
-    vars(data).update(
-        http_version=b"HTTP/1.1",
-        headers=headers,
-        content=body,
-        trailers=None,
-        timestamp_start=now,
-        timestamp_end=now,
-        status_code=status,
-        reason=reason,
-    )
-    response = object.__new__(http.Response)
-    response.data = data
-    return response
+    return fast_response(status, reason, http.Headers(fields), body, now)
 
 
 def _bytes(text: str) -> bytes:
@@ -101,7 +86,9 @@ def _edge_request(flow: http.HTTPFlow) -> EdgeRequest:
 class EdgeRules:
     def __init__(self) -> None:
         self.runtime: EdgeRuntime | None = None
-        self._started = False
+        self._running = False  # mitmproxy called `running` (and not `done` since)
+        self._tasks: set[asyncio.Task] = set()  # runtime replacements under way
+        self._retired: list[EdgeRuntime] = []  # replaced runtimes not stopped yet
         self.live: dict[str, Live] = {}  # flow.id -> state; dropped when the flow ends (response, error)
 
     def load(self, loader) -> None:
@@ -139,43 +126,104 @@ class EdgeRules:
         return raw_response(answer.status, answer.headers, answer.body)
 
     def configure(self, updated: set[str]) -> None:
-        if not {"edgerules_policy", "edgerules_env"} & updated:
+        """Parse and compile only: the policy is swapped in through the runtime's install step (the one hot
+        reload takes); the store and background tasks start in `running`. An invalid value raises OptionsError,
+        so mitmproxy keeps the previous value and the edge keeps serving the previous policy."""
+        if not OPTIONS & updated:
+            return
+        interval = _reload_interval()
+        runtime = self.runtime
+        if runtime is not None and not {"edgerules_policy", "edgerules_env"} & updated:
+            runtime.set_reload_interval(interval)
             return
         path = ctx.options.edgerules_policy
+        env = ctx.options.edgerules_env or None
         if not path:
             raise exceptions.OptionsError("edgerules: set the policy file with --set edgerules_policy=FILE")
-        runtime = EdgeRuntime(path, ctx.options.edgerules_env or None, reload_interval=_reload_interval())
         try:
-            policy = runtime.load_initial()
+            result = load_policy_file(path, env, environ=os.environ, for_serving=True)
         except PolicyError as exc:
             message = f"edgerules: policy {path} is invalid:\n{exc}"
-            if self.runtime is None:
+            if runtime is None:
                 # At startup a proxy without rules would forward everything: refuse to run at all.
                 log.error(message)
                 _exit_now(message)
             raise exceptions.OptionsError(message) from exc
-        self.runtime = runtime
+        for warning in result.warnings:
+            log.warning("%s", warning)
+        policy = result.policy
+        if runtime is not None and not runtime.stopped and runtime.same_store(policy):
+            runtime.install(policy, path=path, env=env)  # in place, as a hot reload would
+            runtime.set_reload_interval(interval)
+        else:
+            # The first policy, or one with another store: a runtime of its own. Once mitmproxy runs, it starts
+            # now and the one it replaces stops when it is up (requests wait for it, see `_runtime`).
+            fresh = EdgeRuntime(path, env, reload_interval=interval)
+            fresh.install(policy)
+            self.runtime = fresh
+            if self._running:
+                self._background(self._replace(runtime, fresh))
         log.info(
             "edgerules active: policy %s (%s) version %s, environment %s",
             policy.name,
             path,
             policy.version,
-            runtime.env or "base",
+            env or "base",
         )
 
     async def running(self) -> None:
-        if self.runtime is not None and not self._started:
-            self._started = True
-            # The engine must see the Host the client sent (a second Host is refused, X-Forwarded-Host says
-            # what the client asked for); the edge sets the upstream Host itself (`routing.host_rewrite`).
-            if not ctx.options.keep_host_header:
-                ctx.options.keep_host_header = True
+        if self._running:
+            return
+        self._running = True
+        # The engine must see the Host the client sent (a second Host is refused, X-Forwarded-Host says
+        # what the client asked for); the edge sets the upstream Host itself (`routing.host_rewrite`).
+        if "keep_host_header" in ctx.options and not ctx.options.keep_host_header:  # proxyserver's option
+            ctx.options.keep_host_header = True
+        if self.runtime is not None:
             await self.runtime.start()
             freeze_startup_objects()  # mitmdump's long-lived objects too: shorter GC pauses, lower p99
 
     async def done(self) -> None:
-        if self.runtime is not None:
-            await self.runtime.stop()
+        """Stop what `running` (or an option change) started, once."""
+        self._running = False  # from here on an option change starts nothing
+        replacing = list(self._tasks)
+        if replacing:
+            await asyncio.gather(*replacing, return_exceptions=True)
+        self._tasks.clear()
+        for runtime in (*self._retired, self.runtime):
+            if runtime is not None:
+                await runtime.stop()
+        self._retired.clear()
+        self.live.clear()
+
+    async def _replace(self, old: EdgeRuntime | None, fresh: EdgeRuntime) -> None:
+        if old is not None:
+            self._retired.append(old)
+        try:
+            await fresh.start()
+        except Exception:
+            log.exception("edgerules: the new policy's runtime did not start")
+        finally:
+            if old is not None:
+                await old.stop()
+                self._retired.remove(old)
+
+    def _background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _runtime(self) -> EdgeRuntime | None:
+        """The runtime to decide with, once it has started (a request that arrives while it starts waits for
+        it, at most STARTUP_WAIT seconds; None then: the request is refused)."""
+        runtime = self.runtime
+        if runtime is None or runtime.state is not None:  # its store is open: it can decide
+            return runtime
+        try:
+            await asyncio.wait_for(runtime.ready.wait(), STARTUP_WAIT)
+        except TimeoutError:
+            return None
+        return self.runtime
 
     # -------------------------------------------------------------------------------------------------- hooks
 
@@ -187,7 +235,7 @@ class EdgeRules:
             self._fail(flow)
 
     async def _requestheaders(self, flow: http.HTTPFlow) -> None:
-        runtime = self.runtime
+        runtime = await self._runtime()
         if runtime is None:
             flow.response = _response(
                 503, [("Content-Type", "application/json")], b'{"error":"No policy loaded"}'

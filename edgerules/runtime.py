@@ -169,6 +169,10 @@ class EdgeRuntime:
         self._watch_warnings = RateLimitedWarning(log, interval=60.0)
         self._watch_job: asyncio.Future | None = None
         self.board: WorkerBoard | None = None  # set when this process is one worker of `serve --workers N`
+        self.ready = asyncio.Event()  # set once start() has opened the store and started the background tasks
+        self._started = False
+        self._stopped = False
+        self._wake = asyncio.Event()  # wakes the policy watcher early (the reload interval changed)
 
     # ------------------------------------------------------------------------------------------ policy lifecycle
 
@@ -177,20 +181,42 @@ class EdgeRuntime:
         return self._policy
 
     def load_initial(self) -> Policy:
-        """Load for serving (env secrets checked); raises PolicyError with file:line diagnostics."""
+        """Load for serving (env secrets checked) and open the store; raises PolicyError with file:line
+        diagnostics. (The mitmproxy addon installs with `install` and opens the store in `start`.)"""
         result = load_policy_file(self.policy_path, self.env, environ=self.environ, for_serving=True)
         for warning in result.warnings:
             log.warning("%s", warning)
         self._install(result.policy, _snapshot(result.policy.files))
+        self._open_state()
         return result.policy
+
+    def install(self, policy: Policy, *, path: str | None = None, env: str | None = None) -> None:
+        """Serve `policy`, compiled by the caller (from `path` and `env` when given: the policy option changed),
+        through the step hot reload takes. Opens nothing: the store and the background tasks start in `start`."""
+        if path is not None:
+            self.policy_path, self.env = path, env or None
+        self._install(policy, _snapshot(policy.files))
+
+    def same_store(self, policy: Policy) -> bool:
+        """Can `policy` be installed in place (its store is the one this runtime opened, or none is open yet)?"""
+        return self.state is None or self._policy is None or policy.store == self._policy.store
+
+    def set_reload_interval(self, seconds: float) -> None:
+        self.reload_interval = seconds
+        self._wake.set()  # the watcher's current wait ends now, the next one uses the new interval
+
+    def _open_state(self) -> None:
+        policy = self._policy
+        assert policy is not None and self.state is None
+        store = open_store(policy.store)
+        self.state = EngineState(store, self.health)
+        self.metrics = MetricsRecorder(
+            store, policy.metrics, instance_id=f"{os.getpid()}", regions=list(policy.regions)
+        )
 
     def _install(self, policy: Policy, snapshot: tuple[tuple, str]) -> None:
         if self.state is None:
-            store = open_store(policy.store)
-            self.state = EngineState(store, self.health)
-            self.metrics = MetricsRecorder(
-                store, policy.metrics, instance_id=f"{os.getpid()}", regions=list(policy.regions)
-            )
+            pass  # nothing opened yet: start() opens the store of the policy installed last
         else:
             running = self._policy
             if running is not None and policy.store != running.store:
@@ -206,8 +232,20 @@ class EdgeRuntime:
         if self.prober is not None:
             self.prober.sync()
 
+    @property
+    def started(self) -> bool:
+        return self._started
+
     async def start(self) -> None:
-        assert self._policy is not None and self.state is not None
+        """Open the store (unless `load_initial` did), start the prober, the policy watcher, the metrics flush
+        and the JWKS refreshers. Once: a second call does nothing."""
+        if self._started or self._stopped:
+            return
+        self._started = True
+        assert self._policy is not None
+        if self.state is None:
+            self._open_state()
+        assert self.state is not None
         self.prober = HealthProber(self.health, lambda: self._policy)
         self.prober.sync()
         loop = asyncio.get_running_loop()
@@ -220,14 +258,30 @@ class EdgeRuntime:
         if info is not None:
             self.board = WorkerBoard(info, self)
             self._tasks.append(loop.create_task(self.board.run()))
+        self.ready.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def tasks(self) -> list[asyncio.Task]:
+        """The background tasks this runtime started and has not finished (tests: nothing may be left)."""
+        return [task for task in (*self._tasks, *self._pending) if not task.done()]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        """Stop everything `start` started and close the store. Once: a second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for task in (*self._tasks, *self._pending):
             task.cancel()
-        for task in self._tasks:
+        for task in (*self._tasks, *self._pending):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        self._pending.clear()
+        if self._watch_job is not None:
+            self._watch_job.cancel()  # a file check still in its thread: nobody waits for it any more
         if self.board is not None:
             self.board.close()
         if self.prober is not None:
@@ -244,7 +298,9 @@ class EdgeRuntime:
         """Never ends but by cancellation: a failed check is counted, logged (at most once a minute), shown on
         the status endpoint and as a metric, and retried at the next interval."""
         while True:
-            await asyncio.sleep(self.reload_interval)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.reload_interval)
             status = self.reload_status
             status.watch_checks += 1
             try:
@@ -294,11 +350,14 @@ class EdgeRuntime:
         async with self._reload_lock:
             policy = self._policy
             files = tuple(policy.files if policy else (self.policy_path,))
+            source = (self.policy_path, self.env)
             snapshot = await asyncio.to_thread(_snapshot, files)
             try:
                 result = await asyncio.to_thread(
                     load_policy_file, self.policy_path, self.env, environ=self.environ, for_serving=True
                 )
+                if source != (self.policy_path, self.env):
+                    return False  # the policy option changed meanwhile: that policy is installed, not this one
             except PolicyError as exc:
                 self.reload_status.failures += 1
                 first = exc.diagnostics[0] if exc.diagnostics else None

@@ -34,6 +34,7 @@ from mitmproxy.addons import (
 from mitmproxy.proxy import mode_servers
 
 from edgerules.addon import EdgeRules
+from edgerules.mitmprivate import detach_configure_all, iter_hooks
 from edgerules.model import Policy
 from edgerules.policy import load_policy_file
 from edgerules.workers import ENV_LISTEN_FD
@@ -107,7 +108,7 @@ class HookTable(addonmanager.AddonManager):
         if handlers is None:
             handlers = []
             for addon in self.chain:
-                funcs = [func for _, func in self._iter_hooks(addon, event)]
+                funcs = [func for _, func in iter_hooks(self, addon, event)]
                 if funcs:
                     handlers.append(funcs)
             self._handlers[event.name] = handlers
@@ -191,7 +192,7 @@ class EdgeMaster(master.Master):
     def __init__(self, opts: options.Options, edge: EdgeRules | None = None) -> None:
         super().__init__(opts, with_termlog=False)
         # Our addon manager in place of the stock one (still empty: nothing was added to it yet).
-        opts.changed.disconnect(self.addons._configure_all)
+        detach_configure_all(opts, self.addons)
         self.addons = HookTable(self)
         self._termlog_addon = termlog.TermLog()
         self.addons.add(self._termlog_addon)
