@@ -30,7 +30,8 @@ from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layer import CommandGenerator
 from mitmproxy.proxy.layers.http import HttpLayer
-from mitmproxy.proxy.layers.http._http1 import Http1Server
+
+from edgerules.mitmprivate import Http1Server
 
 log = logging.getLogger("edgerules")
 

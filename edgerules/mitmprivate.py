@@ -12,6 +12,10 @@ from typing import Any
 
 from mitmproxy import addonmanager, hooks, http, options
 
+# `edgerules.guard` reads an HTTP/1 client connection's unfinished request head: the server half of mitmproxy's
+# HTTP/1 layer, its `state` (`read_headers` while a head is being read) and its receive buffer `buf`.
+from mitmproxy.proxy.layers.http._http1 import Http1Server  # noqa: F401 (re-exported for edgerules.guard)
+
 TESTED_MAJOR = 12  # the mitmproxy major version these shortcuts were written and tested against
 
 # The fields `http.ResponseData.__init__` sets (its dataclass fields): `fast_response` sets exactly these.

@@ -83,6 +83,21 @@ def test_detach_configure_all_disconnects_the_stock_manager():
     loop.close()
 
 
+def test_http1_server_internals_the_head_guard_reads():
+    from mitmproxy.proxy import context
+
+    server = mitmprivate.Http1Server(context.Context(_client(), options.Options()))
+    assert callable(server.read_headers), "Http1Server.read_headers is gone (edgerules/guard.py)"
+    assert callable(server.state), "Http1Server.state (its current handler) changed"
+    assert len(server.buf) == 0 and isinstance(bytes(server.buf), bytes), "Http1Server.buf changed"
+
+
+def _client():
+    from mitmproxy import connection
+
+    return connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2), timestamp_start=0.0)
+
+
 def test_private_mitmproxy_api_is_used_nowhere_else():
     """`._name` on a mitmproxy object outside mitmprivate.py: move it there (with a check here)."""
     found = subprocess.run(
@@ -92,6 +107,16 @@ def test_private_mitmproxy_api_is_used_nowhere_else():
         text=True,
     ).stdout.splitlines()
     offenders = [line for line in found if not line.startswith("edgerules/mitmprivate.py")]
+    offenders += [
+        line
+        for line in subprocess.run(
+            ["grep", "-rnE", r"from mitmproxy[a-z.]*\._|import mitmproxy[a-z.]*\._", "edgerules"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.splitlines()
+        if not line.startswith("edgerules/mitmprivate.py")
+    ]
     offenders += [
         line
         for line in subprocess.run(
