@@ -357,7 +357,8 @@ class EdgeRuntime:
                     load_policy_file, self.policy_path, self.env, environ=self.environ, for_serving=True
                 )
                 if source != (self.policy_path, self.env):
-                    return False  # the policy option changed meanwhile: that policy is installed, not this one
+                    # the policy option changed meanwhile: that policy is installed, not this one
+                    return False
             except PolicyError as exc:
                 self.reload_status.failures += 1
                 first = exc.diagnostics[0] if exc.diagnostics else None
