@@ -516,9 +516,8 @@ def _reload_interval() -> float:
 def _exit_now(message: str) -> None:
     """mitmproxy would keep running a script whose configuration failed (forwarding everything). Don't."""
     print(message, flush=True)
-    os._exit(
-        1
-    )  # the exit code of an invalid policy everywhere: edgerules validate, edgerules serve, mitmdump
+    # 1: the exit code of an invalid policy everywhere (edgerules validate, edgerules serve, mitmdump).
+    os._exit(1)
 
 
 addons = [EdgeRules()]

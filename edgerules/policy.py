@@ -195,3 +195,19 @@ def _sorted(diags: Iterable[Diagnostic]) -> list[Diagnostic]:
         return (d.mark.file, d.mark.line, d.mark.col) if d.mark else ("", 0, 0)
 
     return sorted(diags, key=key)
+
+
+def jwt_secret_variables(path: str | os.PathLike[str], env: str | None) -> list[str]:
+    """The environment variables `auth.jwt.secret` names for `env` (`${env:NAME}`), in order; [] when there is
+    none or the file cannot be read (its problems are reported by the load itself)."""
+    from edgerules.envsubst import ENV_REF
+
+    try:
+        data = apply_environment(load_policy(path), env).data
+    except (PolicyError, OSError):
+        return []
+    secret = data.get("auth", {}).get("jwt", {}).get("secret") if isinstance(data, dict) else None
+    try:
+        return [m.group(1) for m in ENV_REF.finditer(secret)] if isinstance(secret, str) else []
+    except AttributeError:
+        return []

@@ -783,7 +783,17 @@ def _authorization(policy: Policy, auth: Mapping[str, Any], keys: Mapping[str, _
     if algorithm == "none":
         secret = ""  # PyJWT's "none" algorithm takes no key ("" or None)
     elif secret is None:
-        raise CaseError("auth.jwt: the policy has no JWT secret (set it in the test file's environ)")
+        from edgerules.policy import jwt_secret_variables
+
+        names = jwt_secret_variables(policy.files[0], policy.environment) if policy.files else []
+        raise CaseError(
+            "auth.jwt: the policy has no JWT secret: "
+            + (
+                f"set {names[0]} (auth.jwt.secret is ${{env:{names[0]}}}) in the test file's environ"
+                if names
+                else "set auth.jwt.secret's variable in the test file's environ"
+            )
+        )
     token = jwt.encode(claims, secret, algorithm=algorithm)
     return f"Bearer {token}"
 
@@ -931,15 +941,15 @@ class Coverage:
             for p in policy.validation.allow_paths.patterns:
                 refs.append(RuleRef("allow_paths", f"{p.kind} {p.value}", p.source))
         if policy.auth is not None:
-            if policy.auth.public is not None:
-                refs.append(RuleRef("auth", "public", policy.auth.public_source))
+            if policy.auth.public is not None:  # each entry (the trace cites the one that matched)
+                refs += _entry_refs("auth", "public", policy.auth.public, policy.auth.public_source)
             for arule in policy.auth.rules:
                 refs.append(RuleRef("auth", f"rule schemes={list(arule.schemes)}", arule.source))
         for _m, rule, _o in policy.rate_limits:
             refs.append(RuleRef("rate_limit", rule.name, rule.source))
         if policy.cache is not None:
             if policy.cache.never is not None:
-                refs.append(RuleRef("cache", "never", policy.cache.source))
+                refs += _entry_refs("cache", "never", policy.cache.never, policy.cache.source)
             for _m, crule in policy.cache.rules:
                 refs.append(RuleRef("cache", crule.name, crule.source))
         for hr in policy.headers.request:
@@ -1039,3 +1049,11 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 def case_id(case: Case) -> str:
     return _SAFE_NAME.sub("_", case.name).strip("_")
+
+
+def _entry_refs(kind: str, name: str, match: Any, fallback: str) -> list[RuleRef]:
+    """One RuleRef per path entry of a combined matcher (`auth.public`, `cache.never`)."""
+    paths = getattr(match, "paths", None)
+    if paths is None or not paths.patterns:
+        return [RuleRef(kind, name, fallback)]
+    return [RuleRef(kind, f"{name} {p.kind} {p.value}", p.source) for p in paths.patterns]

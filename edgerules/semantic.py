@@ -820,16 +820,19 @@ def _walk_strings(value: Any, pointer: str) -> Iterator[tuple[str, str]]:
 
 def _check_serving(c: _Checker, data: dict[str, Any], environ: Mapping[str, str]) -> None:
     missing: set[str] = set()
+    secret_pointers = {"/auth/jwt/secret", "/admin/token", "/store/url"}
     for pointer, value in _walk_strings(data, ""):
         for m in ENV_REF.finditer(value):
             name = m.group(1)
             if m.group(2) is None and name not in environ:
                 missing.add(name)
-                c.error(
-                    pointer,
-                    f"environment variable {name} is not set (needed by ${{env:{name}}})",
-                    f"export {name}=... before serving, or give a default: ${{env:{name}:-...}}",
+                # A secret never gets a default in the file (check_raw refuses one): only the environment.
+                hint = (
+                    f"export {name}=... where the edge runs (secrets come only from the environment)"
+                    if pointer in secret_pointers
+                    else f"export {name}=... before serving, or give a default: ${{env:{name}:-...}}"
                 )
+                c.error(pointer, f"environment variable {name} is not set (needed by ${{env:{name}}})", hint)
     jwt = _get(data, "auth", "jwt")
     secret = _get(jwt, "secret")
     algs = _strings(_get(jwt, "algorithms")) if isinstance(jwt, dict) and "algorithms" in jwt else ["HS256"]

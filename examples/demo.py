@@ -140,8 +140,8 @@ def main() -> int:
         )
         print(
             f"""
-Try it yourself (JWT for the demo user: export TOKEN={token[:24]}...):
-  curl -s -H 'CF-IPCountry: DE' -H 'Authorization: Bearer $TOKEN' http://127.0.0.1:{PROXY_PORT}/api/v1/agents/1
+Try it yourself (first paste the `export TOKEN=...` line printed below: the demo user's JWT):
+  curl -s -H 'CF-IPCountry: DE' -H "Authorization: Bearer $TOKEN" http://127.0.0.1:{PROXY_PORT}/api/v1/agents/1
   curl -s -X POST 127.0.0.1:9101/__origin/health -d '{{"healthy": false}}'   # us-east-1 down: US fails over
   curl -s http://127.0.0.1:{PROXY_PORT}/__edgerules/status
   .venv/bin/edgerules explain GET http://api/api/v1/agents/1 --policy rules/aybiza.yaml --env local --country US

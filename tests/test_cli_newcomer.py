@@ -235,3 +235,71 @@ def test_an_invalid_policy_exits_1_under_mitmdump_and_serve(tmp_path: Path, runn
     assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
     assert f"{bad}:5:" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+# ------------------------------------------------------------------------------------------------ docs fixes
+
+
+def test_trace_cites_the_public_entry_not_the_block(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    text = SEED.read_text().replace(
+        "  public:\n    - path: /health\n", "  public:\n    - path: /health\n    - prefix: /api/v1/agents\n"
+    )
+    assert "- prefix: /api/v1/agents\n  schemes" in text
+    policy.write_text(text)
+    argv = [
+        "explain",
+        "GET",
+        "/api/v1/agents/1",
+        "--policy",
+        str(policy),
+        "--env",
+        "local",
+        "--format",
+        "json",
+    ]
+    code, out = cli(*argv)
+    assert code == 0
+    (entry,) = [e for e in json.loads(out)["trace"] if e["phase"] == "auth"]
+    line = int(entry["source"].rsplit(":", 1)[1])
+    assert text.splitlines()[line - 1].strip() == "- prefix: /api/v1/agents", entry
+
+
+def test_explain_names_the_secret_variable_the_policy_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    monkeypatch.delenv("SHOP_TOKEN_KEY", raising=False)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(SEED.read_text().replace("${env:JWT_SECRET}", "${env:SHOP_TOKEN_KEY}"))
+    argv = ["explain", "GET", "/api/v1/agents/1", "--policy", str(policy), "--env", "local"]
+    code, text = cli(*argv, "-H", "Authorization: Bearer a.b.c")
+    assert code == 0 and "auth=failed:misconfigured" in text
+    assert "note: auth.jwt.secret comes from ${env:SHOP_TOKEN_KEY}, which is not set" in text
+    assert "export SHOP_TOKEN_KEY=" in text and "JWT_SECRET" not in text.split("note:")[1]
+    monkeypatch.setenv(
+        "SHOP_TOKEN_KEY", SECRET
+    )  # the variable the policy names, not JWT_SECRET, is what counts
+    assert "note:" not in cli(*argv)[1]
+
+
+def test_the_hint_for_a_missing_secret_never_suggests_a_default_in_the_file(monkeypatch) -> None:
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    code, text = cli("validate", "--for-serving", "--env", "production", "--format", "json", str(SEED))
+    assert code == 1
+    (d,) = [d for d in json.loads(text)["diagnostics"] if d["pointer"] == "/auth/jwt/secret"]
+    assert "JWT_SECRET is not set" in d["message"]
+    assert ":-" not in d["hint"] and "export JWT_SECRET=" in d["hint"]
+
+
+def test_the_demo_curl_line_expands_the_token() -> None:
+    source = (REPO_ROOT / "examples" / "demo.py").read_text()
+    (line,) = [x for x in source.splitlines() if x.strip().startswith("curl") and "TOKEN" in x]
+    args = line.strip().removeprefix("curl ").replace("{PROXY_PORT}", "8080")
+    done = subprocess.run(
+        ["bash", "-c", f'TOKEN=tok123; args=({args}); printf "%s\\n" "${{args[@]}}"'],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "Authorization: Bearer tok123" in done.stdout.splitlines(), done.stdout + done.stderr

@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    from edgerules.policy import load_policy_file
+    from edgerules.policy import jwt_secret_variables, load_policy_file
 
     headers = []
     for raw in args.header:
@@ -54,7 +54,11 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             print(f"edgerules explain: bad header {raw!r} (expected 'Name: value')", file=out)
             return 2
         headers.append((name.strip(), value.strip()))
-    for_serving = bool(os.environ.get("JWT_SECRET"))
+    # Tokens are verified with the secret the policy names (`${env:NAME}`, whatever NAME is); when it is set,
+    # check the policy as the edge would (secret strength included).
+    secret_vars = jwt_secret_variables(args.policy, args.env)
+    unset = [name for name in secret_vars if not os.environ.get(name)]
+    for_serving = bool(secret_vars) and not unset
     policy = load_policy_file(args.policy, args.env, environ=os.environ, for_serving=for_serving).policy
     unknown = [r for r in args.down if r not in policy.regions]
     if unknown:
@@ -64,6 +68,12 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         )
         return 2
     doc = asyncio.run(explain(policy, args.method, args.url, headers, args))
+    if unset:
+        doc["notes"] = [
+            f"auth.jwt.secret comes from ${{env:{name}}}, which is not set: every bearer token is refused "
+            f"(auth failed:misconfigured); export {name}=... to verify tokens"
+            for name in unset
+        ]
     if args.format == "json":
         print(json.dumps(doc, indent=2, sort_keys=False), file=out)
     else:
@@ -176,6 +186,7 @@ def _text(doc: dict[str, Any]) -> str:
     lines.append("trace:")
     entries = [TraceEntry(**e) for e in doc["trace"]]
     lines.extend("  " + line for line in trace_lines(entries))
+    lines.extend(f"note: {note}" for note in doc.get("notes", []))
     return "\n".join(lines)
 
 

@@ -47,7 +47,7 @@ from edgerules.httpcache import (
     stale_if_error_ok,
 )
 from edgerules.memo import remember
-from edgerules.model import Policy
+from edgerules.model import Match, Policy
 from edgerules.paths import PathError, check_query, normalise_path, split_path
 from edgerules.ratelimit import RateLimitRule
 from edgerules.stores.base import StoreUnavailable
@@ -512,12 +512,22 @@ def body_too_large(policy: Policy, size: int) -> Answer | None:
     return None
 
 
+def _entry_source(match: Match, run: _Run) -> str:
+    """file:line of the list entry that matched (`auth.public`, `cache.never` combine their entries into one
+    path matcher), so the trace cites the rule that decided rather than the block; "" when unknown."""
+    paths = match.paths
+    if paths is None:
+        return ""
+    hit = paths.match(run.facts[0], run.facts[5])
+    return paths.patterns[hit].source if hit is not None else ""
+
+
 def _auth_schemes_for(run: _Run) -> tuple[str, ...] | None:
     """Accepted schemes for this request; None means public."""
     auth = run.policy.auth
     facts = run.facts
     if auth.public is not None and match_request(auth.public, *facts):
-        run.note("auth", "public", "matched", source=auth.public_source)
+        run.note("auth", "public", "matched", source=_entry_source(auth.public, run) or auth.public_source)
         return None
     for rule, note in zip(auth.rules, run.plan.auth_rule_notes, strict=True):
         if match_request(rule.match, *facts):
@@ -699,7 +709,7 @@ def _cache_rule(run: _Run):
     ctx, req = run.ctx, run.req
     facts = run.facts
     if cache.never is not None and match_request(cache.never, *facts):
-        run.note("cache", "never", "matched", source=cache.source)
+        run.note("cache", "never", "matched", source=_entry_source(cache.never, run) or cache.source)
         return None
     if req.websocket or ctx.request_class in run.plan.stream_classes:
         return None
