@@ -137,6 +137,12 @@ class ApiKeyStore:
     def __init__(self, store: Store, prefix: str = "apikey:") -> None:
         self.store = store
         self.prefix = prefix
+        # Parsed records by their exact stored bytes, and identities by record: every request with a key reads
+        # its record (so a revocation or an edit anywhere is seen at once) but parses and checks each stored
+        # version once, and the same Identity object comes back for the same key (its identity headers are then
+        # memoised too). Bounded; they live exactly as long as this key store (the engine state).
+        self._parsed: dict[bytes, ApiKeyRecord] = {}
+        self._identities: dict[int, tuple[ApiKeyRecord, Identity]] = {}
 
     async def add(
         self,
@@ -184,10 +190,34 @@ class ApiKeyStore:
         data = await self.store.get(self.prefix + digest)
         if data is None:
             return None, digest
-        record = _parsed_record(data)
+        record = self._parsed_record(data)
         if not compare_digest(record.key_id, digest[:12]):
             raise MalformedRecord("record stored under another key's hash")
         return record, digest
+
+    def _parsed_record(self, data: bytes) -> ApiKeyRecord:
+        record = self._parsed.get(data)
+        if record is None:
+            record = ApiKeyRecord.from_json(data)  # MalformedRecord is raised, never remembered
+            remember(self._parsed, bytes(data), record)
+        return record
+
+    def _identity_of(self, record: ApiKeyRecord, principal: str) -> Identity:
+        known = self._identities.get(
+            id(record)
+        )  # the entry holds the record: its id cannot be reused meanwhile
+        if known is not None and known[0] is record and known[1].principal == principal:
+            return known[1]
+        identity = Identity(
+            user=record.user,
+            role=record.role,
+            permissions=record.permissions,
+            method="api_key",
+            principal=principal,
+            rate_limit=record.rate_limit,
+        )
+        remember(self._identities, id(record), (record, identity))
+        return identity
 
     async def _find(self, key_id: str) -> tuple[str, ApiKeyRecord] | None:
         if not isinstance(key_id, str) or not _KEY_ID_FORMAT.fullmatch(key_id):
@@ -246,38 +276,7 @@ async def authenticate_api_key(key_store: ApiKeyStore, key: str, now: float) -> 
         raise AuthFailure("inactive", "API key revoked")
     if record.expires_at is not None and record.expires_at <= now:
         raise AuthFailure("expired", "API key expired")
-    return _identity_of(record, "key:" + digest)
-
-
-# Parsed records by their exact stored bytes, and identities by record: every request with a key reads its record
-# (so a revocation or an edit anywhere is seen at once) but parses and checks each stored version once, and the
-# same Identity object comes back for the same key (its identity headers are then memoised too). Bounded.
-_PARSED: dict[bytes, ApiKeyRecord] = {}
-_IDENTITIES: dict[int, tuple[ApiKeyRecord, Identity]] = {}
-
-
-def _parsed_record(data: bytes) -> ApiKeyRecord:
-    record = _PARSED.get(data)
-    if record is None:
-        record = ApiKeyRecord.from_json(data)  # MalformedRecord is raised, never remembered
-        remember(_PARSED, bytes(data), record)
-    return record
-
-
-def _identity_of(record: ApiKeyRecord, principal: str) -> Identity:
-    known = _IDENTITIES.get(id(record))  # the entry holds the record: its id cannot be reused meanwhile
-    if known is not None and known[0] is record and known[1].principal == principal:
-        return known[1]
-    identity = Identity(
-        user=record.user,
-        role=record.role,
-        permissions=record.permissions,
-        method="api_key",
-        principal=principal,
-        rate_limit=record.rate_limit,
-    )
-    remember(_IDENTITIES, id(record), (record, identity))
-    return identity
+    return key_store._identity_of(record, "key:" + digest)
 
 
 # --- CLI helpers (the lead wires argparse; each returns the text to print) ---
