@@ -335,9 +335,7 @@ class EdgeRules:
             return
         body = flow.request.raw_content or b""
         too_large = runtime.check_body(exchange, len(body))
-        if too_large is not None:
-            exchange.decision.outcome = too_large
-            exchange.decision.context.error = too_large.kind
+        if too_large is not None:  # the engine's answer; the exchange now carries that decision
             flow.response = _response(too_large.status, too_large.headers, too_large.body)
             return
         final = await runtime.forward(

@@ -180,13 +180,18 @@ class ResponseCache:
         )
         if merged is None:
             return None
+        await self.write_revalidated(rule, lookup, merged)
+        return merged
+
+    async def write_revalidated(self, rule: CacheRule, lookup: Lookup, merged: CacheEntry) -> None:
+        """Write back an entry a 304 freshened (`httpcache.merge_304`, decided by the engine) under the key
+        it was found at; a failed write is logged (the client was answered from the merged entry)."""
         ttl = hc.storage_ttl(rule, merged)
         try:
             if ttl > 0:
                 await self._store.set(lookup.key, merged.to_bytes(), ttl, hc.path_tags(merged.url_path))
         except Exception as exc:
             _refresh_failed.warn("cache refresh failed for %s: %s", merged.url_path, exc)
-        return merged
 
     async def invalidate_url(self, scheme: str, host: str, path: str) -> int:
         """Drop every entry of ``path`` (all queries, principals, variants) after an unsafe request.

@@ -12,14 +12,15 @@ import os
 import stat
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from edgerules.cache import RevalidationGate
 from edgerules.diagnostics import PolicyError
-from edgerules.engine.core import answer_from_entry, body_too_large, decide_request, response_headers
+from edgerules.engine.core import decide_request, response_headers
 from edgerules.engine.errors import error_answer
-from edgerules.engine.headers import NO_EDITS, HeaderEdits
+from edgerules.engine.headers import NO_EDITS, HeaderEdits, forwarded_request_fields
 from edgerules.engine.state import EngineState
+from edgerules.engine.steps import RESPONSE, Done, OriginEvent, Try, body_received, drive
 from edgerules.engine.values import (
     Answer,
     Context,
@@ -28,10 +29,9 @@ from edgerules.engine.values import (
     EdgeResponse,
     Forward,
     HeaderView,
-    TraceEntry,
 )
 from edgerules.health import HealthRegistry
-from edgerules.httpcache import invalidates, invalidation_targets, revalidation_headers, stale_if_error_ok
+from edgerules.httpcache import invalidates, invalidation_targets
 from edgerules.kinds import EdgeRulesError
 from edgerules.loader import MAX_FILE_BYTES
 from edgerules.lograte import RateLimitedWarning
@@ -40,10 +40,11 @@ from edgerules.model import Policy
 from edgerules.policy import load_policy_file
 from edgerules.prober import HealthProber
 from edgerules.stores import open_store
-from edgerules.upstream import IDEMPOTENT, UpstreamClient, UpstreamError, request_headers
+from edgerules.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 from edgerules.workers import WorkerBoard, worker_info
 
 log = logging.getLogger("edgerules")
+_EVENTS = {"connect": "connect_error", "timeout": "timeout", "protocol": "protocol_error"}
 access_log = logging.getLogger("edgerules.access")
 
 ADMIN_PREFIX = "/__edgerules/"
@@ -387,79 +388,95 @@ class EdgeRuntime:
         started = time.perf_counter()
         if policy is None or self.state is None:
             answer = error_answer(None, "all_regions_down", reason="no_policy")
-            return Exchange(policy, Decision(answer, Context(), []), started)  # type: ignore[arg-type]
+            return Exchange(policy, Decision(answer, Context(), ()), started)  # type: ignore[arg-type]
         decision = await decide_request(req, policy, self.state)
         return Exchange(policy, decision, started)
 
     def check_body(self, exchange: Exchange, size: int) -> Answer | None:
-        return body_too_large(exchange.policy, size)
+        """The body the client sent, once read: the engine's answer when it is over the limit (the exchange
+        then carries that decision), else None."""
+        refused = body_received(exchange.policy, exchange.decision, size)
+        if refused is None:
+            return None
+        exchange.decision = refused
+        assert isinstance(refused.outcome, Answer)
+        return refused.outcome
 
     async def forward(
         self, exchange: Exchange, method: str, original_headers: Sequence[tuple[str, str]], body: bytes
     ) -> FinalResponse:
-        """Send to the first target; fail over on connect errors (any method: nothing was sent) and on broken
-        exchanges for idempotent methods; 504 on timeout; 503 when every target failed."""
-        # read once per target and again by the cache: mitmproxy's items() is a generator
+        """Carry out the engine's steps (`engine/steps.py`): each try sent with the upstream client, what the
+        origin did handed back, until the engine finishes the decision. I/O only: failover, 503/504,
+        stale-if-error and 304 revalidation are decided by `steps.next_step`."""
+        # read once per try and again by the cache: mitmproxy's items() is a generator
         original_headers = list(original_headers)
-        decision = exchange.decision
-        forward = decision.outcome
-        assert isinstance(forward, Forward)
         policy = exchange.policy
-        passive = policy.passive_health
-        ctx = decision.context
-        last_error: UpstreamError | None = None
-        for target in forward.targets:
-            headers = request_headers(original_headers, forward.edits, target)
-            try:
-                response = await self.upstream.send(
-                    method,
-                    target,
-                    headers,
-                    body,
-                    timeout=forward.timeout,
-                    connect_timeout=forward.connect_timeout,
-                )
-            except UpstreamError as exc:
-                last_error = exc
-                if exc.kind == "connect":
-                    self.health.record_connect_failure(target.region, exc.detail, passive)
-                else:
-                    self.health.record_failure(target.region, exc.kind, passive)
-                self._note(decision, "upstream", target.region, exc.kind, exc.detail)
-                if exc.kind == "timeout" or (exc.kind == "protocol" and method not in IDEMPOTENT):
-                    break
-                continue
-            exchange.upstream_seconds = response.elapsed
-            ctx.region, ctx.routing_priority = target.region, target.priority
-            if response.status in passive.statuses:
-                self.health.record_failure(target.region, f"HTTP {response.status}", passive)
-            else:
-                self.health.record_success(target.region)
-            if response.status == 304 and self._made_conditional(exchange):
-                final = await self._revalidated(
-                    exchange, response.headers, response.elapsed, original_headers
-                )
-                if final is None:  # the 304 does not select the stored entry: fetch without conditions
-                    return await self.forward(exchange, method, original_headers, body)
-                return final
-            if response.status >= 500 and (stale := self._stale_if_error(exchange, original_headers)):
-                return stale
+        forward = exchange.decision.outcome
+        assert isinstance(forward, Forward)
+        last: list[UpstreamResponse] = []
+
+        async def send(step: Try) -> OriginEvent:
+            event, response = await self._send(policy, forward, step, original_headers, body)
+            if response is not None:
+                exchange.upstream_seconds = response.elapsed
+                last[:] = [response]
+            return event
+
+        done, _ = await drive(policy, exchange.decision, method, send, time.time)
+        exchange.decision = done.decision
+        if done.freshen is not None:
+            await self._freshen(done)
+        if done.relay:
+            response = last[0]
             return FinalResponse(response.status, response.reason, response.headers, response.body)
-        if stale := self._stale_if_error(exchange, original_headers):
-            return stale
-        kind = (
-            "upstream_timeout"
-            if last_error is not None and last_error.kind == "timeout"
-            else "all_regions_down"
-        )
-        ctx.error = kind
-        answer = error_answer(policy, kind, reason=last_error.kind if last_error else None)
-        decision.outcome = answer
+        answer = done.decision.outcome
+        assert isinstance(answer, Answer)
         return FinalResponse(answer.status, "", list(answer.headers), answer.body)
 
-    @staticmethod
-    def _note(decision: Decision, phase: str, rule: str, outcome: str, detail: str) -> None:
-        decision.trace.append(TraceEntry(phase, rule, outcome, detail))
+    async def _send(
+        self,
+        policy: Policy,
+        forward: Forward,
+        step: Try,
+        original_headers: Sequence[tuple[str, str]],
+        body: bytes,
+    ) -> tuple[OriginEvent, UpstreamResponse | None]:
+        """One try: the request as the engine shaped it, what came back as an `OriginEvent`, passive health."""
+        target, passive = step.target, policy.passive_health
+        headers = forwarded_request_fields(original_headers, step.edits, framing_kept=False)
+        sent_at = time.time()
+        try:
+            response = await self.upstream.send(
+                step.method,
+                target,
+                headers,
+                body,
+                timeout=forward.timeout,
+                connect_timeout=forward.connect_timeout,
+            )
+        except UpstreamError as exc:
+            if exc.kind == "connect":
+                self.health.record_connect_failure(target.region, exc.detail, passive)
+            else:
+                self.health.record_failure(target.region, exc.kind, passive)
+            return OriginEvent(
+                _EVENTS[exc.kind], detail=exc.detail, sent_at=sent_at, received_at=time.time()
+            ), None
+        if response.status in passive.statuses:
+            self.health.record_failure(target.region, f"HTTP {response.status}", passive)
+        else:
+            self.health.record_success(target.region)
+        now = time.time()
+        event = OriginEvent(
+            RESPONSE, response.status, tuple(response.headers), "", now - response.elapsed, now
+        )
+        return event, response
+
+    async def _freshen(self, done: Done) -> None:
+        """Write back the stored entry a 304 freshened (the engine decided; this is the store write)."""
+        assert self.state is not None and done.freshen is not None
+        ctx = done.decision.context
+        await self.state.cache.write_revalidated(ctx.cache_rule, ctx.cache_lookup, done.freshen)
 
     def finish(self, exchange: Exchange, status: int, headers: Sequence[tuple[str, str]]) -> HeaderEdits:
         """Response-phase header edits for whatever the client is about to get."""
@@ -560,56 +577,6 @@ class EdgeRuntime:
 
     # ------------------------------------------------------------------------------ cache revalidation (RFC 9111/5861)
 
-    def _made_conditional(self, exchange: Exchange) -> bool:
-        """Did the engine send the stored entry's validators with this request (so a 304 is for the cache)?"""
-        lookup = exchange.decision.context.cache_lookup
-        return lookup is not None and lookup.entry is not None and bool(revalidation_headers(lookup.entry))
-
-    async def _revalidated(
-        self,
-        exchange: Exchange,
-        headers_304: Sequence[tuple[str, str]],
-        elapsed: float,
-        client_headers: Sequence[tuple[str, str]],
-    ) -> FinalResponse | None:
-        """The origin's 304 freshens the entry, which answers the client (REVALIDATED); None when the 304 does
-        not select the entry (the lookup is dropped so the caller's refetch goes unconditionally)."""
-        assert self.state is not None
-        ctx = exchange.decision.context
-        lookup, now = ctx.cache_lookup, time.time()
-        merged = await self.state.cache.revalidated(ctx.cache_rule, lookup, headers_304, now - elapsed, now)
-        if merged is None:
-            ctx.cache_lookup = None
-            forward = exchange.decision.outcome
-            assert isinstance(forward, Forward)
-            conditional = {"if-none-match", "if-modified-since"}
-            exchange.decision.outcome = replace(forward, edits=forward.edits.without_set(conditional))
-            self._note(exchange.decision, "cache", ctx.cache_rule.name, "refetch", "304 for another entry")
-            return None
-        return self._answer_from_entry(exchange, merged, client_headers, "REVALIDATED", now)
-
-    def _stale_if_error(
-        self, exchange: Exchange, client_headers: Sequence[tuple[str, str]]
-    ) -> FinalResponse | None:
-        """The origin failed (unreachable, timeout, 5xx): the stale entry within its stale-if-error window."""
-        ctx = exchange.decision.context
-        lookup, rule, now = ctx.cache_lookup, ctx.cache_rule, time.time()
-        if lookup is None or lookup.entry is None or rule is None:
-            return None
-        if not stale_if_error_ok(rule, lookup.entry, now):
-            return None
-        return self._answer_from_entry(exchange, lookup.entry, client_headers, "STALE", now)
-
-    def _answer_from_entry(
-        self, exchange: Exchange, entry, client_headers: Sequence[tuple[str, str]], status: str, now: float
-    ) -> FinalResponse:
-        decision, ctx = exchange.decision, exchange.decision.context
-        answer = answer_from_entry(entry, client_headers, now)
-        decision.outcome = answer  # answered from the cache: nothing to store after the response
-        ctx.cache_status, ctx.error = status, None
-        self._note(decision, "cache", ctx.cache_rule.name, status, f"{answer.status} from the stored entry")
-        return FinalResponse(answer.status, "", list(answer.headers), answer.body)
-
     def revalidate_in_background(self, exchange: Exchange, req: EdgeRequest) -> bool:
         """stale-while-revalidate: refresh the entry a STALE answer came from, at most once per entry at a time
         (and not again for answers looked up before the last refresh finished). True when scheduled."""
@@ -623,41 +590,25 @@ class EdgeRuntime:
         return True
 
     async def _revalidate(self, policy: Policy, ctx, req: EdgeRequest, forward: Forward, lookup) -> None:
-        """One conditional GET through the decision's targets (next region only when nothing was sent)."""
+        """One conditional GET through the engine's steps (the same failover as a client's request): a 304
+        freshens the entry, another response is offered to the cache, a failure leaves the entry as it is."""
         assert self.state is not None
-        cache, passive = self.state.cache, policy.passive_health
+        cache = self.state.cache
+        decision = Decision(forward, ctx, (), req)
+        last: list[UpstreamResponse] = []
+
+        async def send(step: Try) -> OriginEvent:
+            event, response = await self._send(policy, forward, step, req.headers.pairs, b"")
+            if response is not None:
+                last[:] = [response]
+            return event
+
         try:
-            for target in forward.targets:
-                headers = request_headers(req.headers.pairs, forward.edits, target)
-                request_time = time.time()
-                try:
-                    response = await self.upstream.send(
-                        "GET",
-                        target,
-                        headers,
-                        b"",
-                        timeout=forward.timeout,
-                        connect_timeout=forward.connect_timeout,
-                    )
-                except UpstreamError as exc:
-                    if exc.kind == "connect":
-                        self.health.record_connect_failure(target.region, exc.detail, passive)
-                        continue
-                    self.health.record_failure(target.region, exc.kind, passive)
-                    log.info("background revalidation of %s failed: %s", ctx.path, exc)
-                    return
-                now = time.time()
-                if response.status in passive.statuses:
-                    self.health.record_failure(target.region, f"HTTP {response.status}", passive)
-                else:
-                    self.health.record_success(target.region)
-                if response.status == 304:
-                    if (
-                        await cache.revalidated(ctx.cache_rule, lookup, response.headers, request_time, now)
-                        is None
-                    ):
-                        log.info("background revalidation of %s: the 304 does not match the entry", ctx.path)
-                    return
+            done, tries = await drive(policy, decision, "GET", send, time.time)
+            if done.freshen is not None:
+                await self._freshen(done)
+            elif done.relay:
+                response, event = last[0], tries[-1][1]
                 await cache.store(
                     ctx.cache_rule,
                     ctx.cache_key,
@@ -667,10 +618,11 @@ class EdgeRuntime:
                     response.status,
                     response.headers,
                     response.body,
-                    request_time,
-                    now,
+                    event.sent_at,
+                    event.received_at,
                 )
-                return
+            else:
+                log.info("background revalidation of %s failed: %s", ctx.path, done.decision.context.error)
         finally:
             self._revalidations.release(lookup.key)
 

@@ -21,10 +21,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from edgerules.engine.headers import FRAMING, HOP_BY_HOP, HeaderEdits, end_to_end, forwarded_request_fields
+from edgerules.engine.steps import IDEMPOTENT
 from edgerules.engine.values import Target
 from edgerules.kinds import EdgeRulesError, UpstreamFailure
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NOT_RELAYED = HOP_BY_HOP | FRAMING  # response fields the parser consumes (framing) or drops (hop-by-hop)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # Content-Length: 0 even without a body
 _NO_BODY_STATUSES = frozenset({204, 304})

@@ -188,7 +188,7 @@ class _Run:
 
     def answer(self, answer: Answer) -> Decision:
         self.ctx.error = answer.kind if answer.status >= 400 else None
-        return Decision(answer, self.ctx, self.trace, self.req)
+        return Decision(answer, self.ctx, tuple(self.trace), self.req)
 
     def fail(
         self,
@@ -502,14 +502,6 @@ def _declared_length(headers: HeaderView) -> int | None:
         return -1
     (value,) = distinct
     return int(value) if value.isdigit() else -1
-
-
-def body_too_large(policy: Policy, size: int) -> Answer | None:
-    """The actual body, once read, against the policy's limit (the declared length may lie or be absent)."""
-    limit = policy.validation.max_body_size
-    if limit is not None and size > limit:
-        return error_answer(policy, "payload_too_large")
-    return None
 
 
 def _entry_source(match: Match, run: _Run) -> str:
@@ -836,7 +828,7 @@ def _route(run: _Run) -> Decision:
         connect_timeout=policy.routing.connect_timeout,
         stream=stream,
     )
-    return Decision(forward, ctx, run.trace, req)
+    return Decision(forward, ctx, tuple(run.trace), req)
 
 
 def _route_plan(run: _Run) -> RoutePlan:

@@ -154,11 +154,13 @@ class Context:
     error: str | None = None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
+    """Immutable once built: what happens after the request phase (`engine/steps.py`) makes a new one."""
+
     outcome: Answer | Forward
-    context: Context
-    trace: list[TraceEntry]
+    context: Context  # the engine fills it while deciding; later steps replace it, never change it
+    trace: tuple[TraceEntry, ...]
     request: EdgeRequest | None = None  # what was decided on (response rules match on it)
 
     @property
