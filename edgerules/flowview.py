@@ -36,6 +36,10 @@ def deciding_entry(decision: Decision) -> TraceEntry | None:
             if entry.phase == "routing" and entry.source:
                 return entry
     for entry in reversed(trace):
+        # header edits apply to every answer: the rule that answered (cache, CORS, ...) came before them
+        if entry.source and entry.phase != "headers":
+            return entry
+    for entry in reversed(trace):
         if entry.source:
             return entry
     return trace[-1] if trace else None

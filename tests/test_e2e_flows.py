@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -14,9 +15,13 @@ from mitmproxy import http as mhttp
 from tests.support.origins import start_origins
 from tests.support.policies import ENV, bearer, write_policy
 from tests.support.processes import VENV_BIN
-from tests.support.proxy import http, start_mitmdump
+from tests.support.proxy import RUNNER_VARIABLE, http, start_mitmdump
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    # mitmproxy's own front ends: the same commands under either runner (`make test` runs e2e twice)
+    pytest.mark.skipif(os.environ.get(RUNNER_VARIABLE) == "serve", reason="mitmproxy front ends only"),
+]
 
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
 
@@ -98,6 +103,7 @@ def test_each_flow_shows_the_edges_decision(recorded):
     assert not forwarded.marked
 
     assert "cache HIT" in hit.comment and not hit.marked
+    assert "| cache health @ policy.yaml:" in hit.comment  # the cache rule answered, not a header rule
 
     assert refused.comment.startswith("edge error: 401 unauthorized")
     assert "auth failed:missing" in refused.comment and "@ policy.yaml:" in refused.comment
@@ -155,3 +161,20 @@ def test_an_empty_recording_fails_the_gate(recorded, tmp_path):
     result = replay_cli(empty, policy, policy, "--fail-on-change")
     assert result.returncode == 2
     assert "holds no flows" in result.stderr
+
+
+def test_mitmproxy_replays_the_recorded_flows_through_the_edge(recorded, tmp_path):
+    """mitmproxy's own client replay (`mitmdump -C`, the console's `r`) on the recorded file: every request is
+    decided by the edge again, and the replayed flows can be saved too."""
+    out, statuses, _, _, policy = recorded
+    again = tmp_path / "replayed.flows"
+    argv = [str(VENV_BIN / "mitmdump"), "-n", "-C", str(out), "-s", "addon.py", "-w", str(again)]
+    argv += ["--set", f"edgerules_policy={policy}", "--set", "edgerules_env=e2e"]
+    result = subprocess.run(argv, env={**ENV, "PATH": ""}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Addon error" not in result.stdout and "Traceback" not in result.stdout, result.stdout
+    flows = read_flows(again)
+    assert [f.is_replay for f in flows] == ["request"] * len(REQUESTS)
+    assert [f.response.status_code for f in flows] == statuses
+    assert [bool(f.marked) for f in flows] == [s >= 400 for s in statuses]
+    assert all(f.comment.startswith("edge") for f in flows)
