@@ -48,7 +48,9 @@ from edgerules.workers import (
 if TYPE_CHECKING:
     from edgerules.serve import ServeConfig
 
-QUICK_EXIT = 5.0  # a worker that dies sooner than this after starting is restarted with a growing delay
+QUICK_EXIT = (
+    5.0  # a worker that dies before it came up, or this soon after, is restarted with a growing delay
+)
 MAX_BACKOFF = 10.0
 KILL_GRACE = 10.0  # after the drain timeout, how long to wait before SIGKILLing a worker that did not exit
 
@@ -103,6 +105,7 @@ class Slot:
     started: float = 0.0
     failures: int = 0  # quick deaths in a row
     restart_at: float = 0.0
+    starts: int = 0
 
 
 class Supervisor:
@@ -118,6 +121,7 @@ class Supervisor:
         self.restarts = 0
         self.stopping: int | None = None  # the signal that asked us to stop
         self.reload_pending = False
+        self.failed_start = False
 
     # -- workers ---------------------------------------------------------------------------------------
 
@@ -152,6 +156,7 @@ class Supervisor:
             preexec_fn=_worker_dies_with_supervisor,
         )
         slot.started = time.monotonic()
+        slot.starts += 1
         say(f"worker {slot.index} started (pid {slot.process.pid})")
         self._write_state()
 
@@ -172,7 +177,15 @@ class Supervisor:
             if code is None:
                 return
             how = f"signal {-code}" if code < 0 else f"code {code}"
-            quick = now - slot.started < QUICK_EXIT
+            # A worker is up once it published its first snapshot (after its proxy started listening).
+            came_up = (self.directory / f"worker-{process.pid}.json").exists()
+            quick = not came_up or now - slot.started < QUICK_EXIT
+            if slot.starts == 1 and not came_up and code > 0:
+                # its first start failed (a bad --set, an unreadable certificate): restarting would only loop
+                say(f"worker {slot.index} (pid {process.pid}) failed to start (exit code {code}); stopping")
+                slot.process = None
+                self.failed_start = True
+                return
             slot.failures = slot.failures + 1 if quick else 0
             delay = min(MAX_BACKOFF, 0.5 * 2 ** (slot.failures - 1)) if quick else 0.0
             slot.process = None
@@ -211,7 +224,7 @@ class Supervisor:
         try:
             for slot in self.slots:
                 self._start(slot)
-            while self.stopping is None:
+            while self.stopping is None and not self.failed_start:
                 now = time.monotonic()
                 for slot in self.slots:
                     self._check(slot, now)
@@ -220,7 +233,8 @@ class Supervisor:
                     say("reloading the policy in every worker")
                     self._signal_all(signal.SIGHUP)
                 time.sleep(0.05)
-            return self._stop()
+            code = self._stop()
+            return 1 if self.failed_start else code
         finally:
             self.sock.close()
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -240,7 +254,8 @@ class Supervisor:
                 say(f"worker {slot.index} (pid {process.pid}) did not exit in time: killed")
                 process.kill()
                 codes[slot.index] = process.wait()
-        failed = {i: c for i, c in codes.items() if c != 0}
+        # -SIGTERM: a worker still starting up (its handlers not installed yet) ended by our signal, as asked
+        failed = {i: c for i, c in codes.items() if c not in (0, -signal.SIGTERM)}
         if failed:
             say(f"workers exited uncleanly: {failed}")
             return 1

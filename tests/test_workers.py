@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -218,3 +219,12 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
                 http("GET", f"{edge.url}/__edgerules/health", timeout=2)
         finally:
             edge.stop()
+
+
+def test_a_worker_that_cannot_start_stops_the_server_with_exit_1(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, dict.fromkeys(REGIONS, 9))
+    argv = [str(VENV_BIN / "edgerules"), "serve", "--policy", str(policy), "--env", "e2e"]
+    argv += ["--listen", "127.0.0.1:0", "--workers", "2", "--set", "no_such_option=1"]
+    done = subprocess.run(argv, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "failed to start (exit code 1); stopping" in done.stdout
