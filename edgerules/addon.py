@@ -235,7 +235,9 @@ class EdgeRules:
             self._fail(flow)
 
     async def _requestheaders(self, flow: http.HTTPFlow) -> None:
-        runtime = await self._runtime()
+        runtime = self.runtime
+        if runtime is not None and runtime.state is None:  # starting: wait for it (not on the hot path)
+            runtime = await self._runtime()
         if runtime is None:
             flow.response = _response(
                 503, [("Content-Type", "application/json")], b'{"error":"No policy loaded"}'
