@@ -52,6 +52,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports  # the layer contracts in pyproject.toml ([tool.importlinter])
+	$(BIN)/mypy  # the types ([tool.mypy] in pyproject.toml): zero errors
 
 format: venv
 	$(BIN)/ruff check --fix .

@@ -353,7 +353,8 @@ class EdgeRules:
         live = self.live.get(flow.id)
         exchange = live.exchange if live is not None else None
         if (
-            exchange is not None
+            live is not None
+            and exchange is not None
             and isinstance(exchange.decision.outcome, Forward)
             and exchange.decision.outcome.stream
             and flow.response is not None
@@ -446,7 +447,7 @@ class EdgeRules:
         live = self.live.pop(flow.id, None)  # the flow ends here (errors, kills)
         exchange = live.exchange if live is not None else None
         runtime = self.runtime
-        if runtime is None or exchange is None:
+        if runtime is None or live is None or exchange is None:
             return
         outcome = exchange.decision.outcome
         # Only streams and WebSockets reach the origin through mitmproxy. For any other flow the addon calls the

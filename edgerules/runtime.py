@@ -91,7 +91,7 @@ class Exchange:
 def files_signature(paths: Sequence[str]) -> tuple:
     """What `stat` says of each file (type, device, inode, size, mtime and ctime in ns): a change of any of
     them is a reason to read the file again; the file is never opened."""
-    out = []
+    out: list[tuple[object, ...]] = []
     for path in paths:
         try:
             st = os.stat(path)
@@ -160,7 +160,7 @@ class EdgeRuntime:
         self._policy: Policy | None = None
         self.state: EngineState | None = None
         self.prober: HealthProber | None = None
-        self.metrics = None
+        self.metrics: MetricsRecorder | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task] = set()
         self._reload_lock = asyncio.Lock()

@@ -46,8 +46,9 @@ from edgerules.httpcache import (
     revalidation_headers,
     stale_if_error_ok,
 )
+from edgerules.kinds import ErrorKind, TracePhase
 from edgerules.memo import remember
-from edgerules.model import Match, Policy
+from edgerules.model import Auth, Match, Policy
 from edgerules.paths import PathError, check_query, normalise_path, split_path
 from edgerules.ratelimit import RateLimitRule
 from edgerules.stores.base import StoreUnavailable
@@ -182,7 +183,7 @@ class _Run:
         # match_request's arguments after match, once the class is known (see _classify)
         self.facts: tuple = ()
 
-    def note(self, phase: str, rule: str, outcome: str, detail: str = "", source: str = "") -> None:
+    def note(self, phase: TracePhase, rule: str, outcome: str, detail: str = "", source: str = "") -> None:
         # tuple.__new__ directly: the named tuple's own __new__ is a Python-level call, for every note
         self.trace.append(_new_tuple(TraceEntry, (phase, rule, outcome, detail, source)))
 
@@ -192,8 +193,8 @@ class _Run:
 
     def fail(
         self,
-        kind: str,
-        phase: str,
+        kind: ErrorKind,
+        phase: TracePhase,
         detail: str,
         source: str = "",
         *,
@@ -305,7 +306,7 @@ def _locate(run: _Run) -> tuple[str, float | None, float | None, str]:
 
 
 def _error_answer(
-    plan: _Plan, policy: Policy, kind: str, headers: tuple[tuple[str, str], ...], reason: str | None
+    plan: _Plan, policy: Policy, kind: ErrorKind, headers: tuple[tuple[str, str], ...], reason: str | None
 ) -> Answer:
     """`error_answer`, memoised per policy: the same few refusals are built over and over."""
     key = (kind, reason, headers)
@@ -377,6 +378,7 @@ def _classify(run: _Run) -> None:
     classify = run.policy.classify
     req, ctx = run.req, run.ctx
     path, method, headers, country, segments = ctx.path, req.method, req.headers, ctx.country, run.segments
+    assert path is not None and country is not None  # set by the normalise and geo phases, which ran first
     plan = run.plan
     ctx.request_class = classify.default_class
     for rc, note in zip(classify.classes, plan.class_notes, strict=True):
@@ -514,9 +516,8 @@ def _entry_source(match: Match, run: _Run) -> str:
     return paths.patterns[hit].source if hit is not None else ""
 
 
-def _auth_schemes_for(run: _Run) -> tuple[str, ...] | None:
+def _auth_schemes_for(run: _Run, auth: Auth) -> tuple[str, ...] | None:
     """Accepted schemes for this request; None means public."""
-    auth = run.policy.auth
     facts = run.facts
     if auth.public is not None and match_request(auth.public, *facts):
         run.note("auth", "public", "matched", source=_entry_source(auth.public, run) or auth.public_source)
@@ -533,7 +534,7 @@ async def _authenticate(run: _Run) -> Decision | None:
     if auth is None:
         return None
     ctx, req = run.ctx, run.req
-    schemes = _auth_schemes_for(run)
+    schemes = _auth_schemes_for(run, auth)
     if schemes is None:
         ctx.auth_outcome = "public"
         return None
@@ -545,7 +546,7 @@ async def _authenticate(run: _Run) -> Decision | None:
     scheme_key = None
     try:
         scheme, credentials = parse_authorization(values)
-        scheme_key = "bearer" if scheme == "bearer" else _scheme_key(run, scheme)  # parse lower-cases it
+        scheme_key = "bearer" if scheme == "bearer" else _scheme_key(auth, scheme)  # parse lower-cases it
         if scheme_key is None or scheme_key not in schemes:
             raise AuthFailure("scheme_not_allowed", f"the {scheme} scheme is not accepted here")
         if scheme_key == "bearer":
@@ -565,7 +566,7 @@ async def _authenticate(run: _Run) -> Decision | None:
         # failed (not whether a key it found is unknown, revoked or expired, nor a JWT's bad signature from
         # its expiry).
         ctx.auth_outcome = f"failed:{exc.reason}"
-        challenge = _challenges(run, schemes)
+        challenge = _challenges(run, auth, schemes)
         public = client_reason(exc.reason, scheme_key if scheme_key in schemes else None)
         return run.fail("unauthorized", "auth", exc.reason, auth.source, headers=challenge, reason=public)
     except StoreUnavailable as exc:
@@ -606,7 +607,9 @@ def _accepted(run: _Run, auth, identity: Identity) -> None:
     ctx.identity = identity
     ctx.auth_outcome = identity.method
     plan = run.plan
-    run.set_headers.extend(identity_headers(identity, plan.identity_names, run.state.now()))
+    names = plan.identity_names
+    assert names is not None  # the policy has an auth section: it names the identity headers
+    run.set_headers.extend(identity_headers(identity, names, run.state.now()))
     known = plan.accepted.get(id(identity))  # (identity, its trace entry): the same users come back
     if known is None or known[0] is not identity:
         note = TraceEntry("auth", identity.method, "accepted", f"user {identity.user}", auth.source)
@@ -624,20 +627,20 @@ def _verifier(run: _Run, config: JwtConfig) -> JwtVerifier:
     return verifier
 
 
-def _scheme_key(run: _Run, scheme: str) -> str | None:
+def _scheme_key(auth: Auth, scheme: str) -> str | None:
     lowered = scheme.lower()
     if lowered == "bearer":
         return "bearer"
-    if lowered == run.policy.auth.api_key_scheme.lower():
+    if lowered == auth.api_key_scheme.lower():
         return "api_key"
     return None
 
 
-def _challenges(run: _Run, schemes: tuple[str, ...]) -> list[tuple[str, str]]:
+def _challenges(run: _Run, auth: Auth, schemes: tuple[str, ...]) -> list[tuple[str, str]]:
     realm = run.policy.name
     out = []
     for scheme in schemes:
-        name = _SCHEME_NAMES.get(scheme) or run.policy.auth.api_key_scheme
+        name = _SCHEME_NAMES.get(scheme) or auth.api_key_scheme
         out.append(("WWW-Authenticate", f'{name} realm="{realm}"'))
     return out
 
@@ -816,6 +819,7 @@ def _route(run: _Run) -> Decision:
     ctx.region, ctx.routing_priority, ctx.degraded = first.region, first.priority, first.degraded
     _edge_headers(run)
     stream = req.websocket or ctx.request_class in run.plan.stream_classes
+    assert ctx.path is not None  # set by the normalise phase
     forward = Forward(
         regions=route.targets,
         path_and_query=ctx.path + (f"?{run.query}" if run.query else ""),
@@ -834,13 +838,15 @@ def _route(run: _Run) -> Decision:
 def _route_plan(run: _Run) -> RoutePlan:
     """The memoised `plan_route` for this request's country, coordinates and its candidates' health now."""
     ctx = run.ctx
+    country = ctx.country
+    assert country is not None  # set by the geo phase
     is_healthy = run.state.health.is_healthy
-    healthy = tuple([is_healthy(name) for name in candidates(run.policy, ctx.country)])
-    key = (ctx.country, ctx.lat, ctx.lon, healthy)
+    healthy = tuple([is_healthy(name) for name in candidates(run.policy, country)])
+    key = (country, ctx.lat, ctx.lon, healthy)
     routes = run.plan.routes
     route = routes.get(key)
     if route is None:  # coordinates come from a header: the table is bounded
-        route = remember(routes, key, plan_route(run.policy, ctx.country, ctx.lat, ctx.lon, healthy))
+        route = remember(routes, key, plan_route(run.policy, country, ctx.lat, ctx.lon, healthy))
     return route
 
 

@@ -29,13 +29,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from edgerules.engine.core import answer_from_entry
 from edgerules.engine.errors import error_answer
 from edgerules.engine.headers import HeaderEdits
 from edgerules.engine.values import Answer, Decision, Forward, Target, TraceEntry
 from edgerules.httpcache import CacheEntry, merge_304, revalidation_headers, stale_if_error_ok
+from edgerules.kinds import ErrorKind
 from edgerules.model import Policy
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -98,7 +99,7 @@ def next_step(policy: Policy, decision: Decision, step: Try, event: OriginEvent,
         stale = _stale_if_error(decision, step, now, notes, None)
         if stale is not None:
             return stale
-        kind = "upstream_timeout" if event.kind == TIMEOUT else "all_regions_down"
+        kind: ErrorKind = "upstream_timeout" if event.kind == TIMEOUT else "all_regions_down"
         ctx = dataclasses.replace(decision.context, error=kind)
         answer = error_answer(policy, kind, reason=_REASON.get(event.kind))
         return Done(Decision(answer, ctx, (*decision.trace, *notes), decision.request))
@@ -166,7 +167,7 @@ def _from_entry(
     ctx = decision.context
     request_headers = decision.request.headers if decision.request is not None else ()
     answer = answer_from_entry(entry, request_headers, now)
-    changes: dict[str, object] = {"cache_status": status, "error": None}
+    changes: dict[str, Any] = {"cache_status": status, "error": None}
     if target is not None:
         changes.update(region=target.region, routing_priority=target.priority)
     ctx = dataclasses.replace(ctx, **changes)

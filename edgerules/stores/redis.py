@@ -135,7 +135,6 @@ class RedisStore:
             "socket_connect_timeout": timeout,
             "retry": Retry(NoBackoff(), 0),
         }
-        self._client: aioredis.Redis | aioredis.RedisCluster
         if self.topology == "cluster":
             scheme = urlsplit(url).scheme
             plain = CLUSTER_SCHEMES.get(scheme, scheme) + url[len(scheme) :]
