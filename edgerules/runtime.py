@@ -566,7 +566,9 @@ class EdgeRuntime:
                     now,
                 )
             )
-        if exchange.policy.cache is not None and invalidates(req.method, status):
+        # Only an authenticated request may invalidate shared entries: an anonymous unsafe request (a public
+        # path's POST) would otherwise let anyone keep a cached answer cold.
+        if exchange.policy.cache is not None and ctx.identity is not None and invalidates(req.method, status):
             path = ctx.path or req.path
             origin_headers = list(exchange.extra.get("origin_headers", headers))  # type: ignore[call-overload]
             # RFC 9111 4.4: the target URI and same-origin Location / Content-Location targets

@@ -95,8 +95,12 @@ def test_aybiza_spot_checks_base() -> None:
     assert p.classify.classes[0].stream is True and p.classify.default_class == "api-call"
     twilio = p.classify.priorities[2].match.headers[0]
     assert (twilio.name, twilio.contains) == ("user-agent", "Twilio")
-    assert p.auth is not None and p.auth.public is not None and p.auth.public.paths is not None
-    assert p.auth.public.paths.match("/health") is not None
+    # /health is public for GET and HEAD only: a leading rule with no schemes (a path-only `public` entry
+    # would be the `public` matcher)
+    assert p.auth is not None and p.auth.public is None
+    health = p.auth.rules[0]
+    assert health.schemes == () and health.match.methods == frozenset({"GET", "HEAD"})
+    assert health.match.paths is not None and health.match.paths.match("/health") is not None
     assert p.auth.strip_headers == ("x-user-*", "x-authenticated-at")
     assert p.auth.jwt is not None and p.auth.jwt.leeway == 30.0 and p.auth.jwt.algorithms == ("HS256",)
     assert p.rate_limits[0][1].limit == 1000 and p.rate_limits[0][1].window == 3600.0 and p.rate_limits[0][2]

@@ -260,7 +260,16 @@ def strict(tmp_path_factory):
     policy = write_policy(
         tmp_path_factory.mktemp("strict"),
         {name: origin.port for name, origin in origins.items()},
-        {"geo": {"trusted_proxies": []}},
+        {
+            "geo": {"trusted_proxies": []},
+            # the shipped /health rule, and an anonymous write path under a cached prefix
+            "auth": {
+                "public": [
+                    {"path": "/health", "methods": ["GET", "HEAD"]},
+                    {"prefix": "/api/v1/agents/open", "methods": ["GET", "POST"]},
+                ]
+            },
+        },
     )
     proxy = start_edge_process(policy, environ=ENV)
     try:
@@ -294,3 +303,42 @@ def test_a_spoofed_forwarding_header_cannot_poison_the_shared_cache(strict):
     second = http("GET", proxy.url + path, auth)
     assert second.status == 200 and second.headers["CF-Cache-Status"] == "HIT"
     assert b"evil.example" not in first.body + second.body
+
+
+# -- item 6: public by method; anonymous writes never invalidate ----------------------------------------------
+
+
+def test_shipped_health_is_public_for_get_only(edge):
+    proxy, origins = edge
+    before = sum(o.hits("/health") for o in origins.values())
+    for method in ("POST", "PUT", "DELETE"):
+        response = http(method, f"{proxy.url}/health", json={"status": "down"})
+        assert response.status == 401, (method, response.body)
+    assert http("GET", f"{proxy.url}/health").status == 200
+    probes_only = sum(o.hits("/health") for o in origins.values()) - before
+    assert probes_only >= 0  # the GET may be a cache HIT; the writes never reached an origin
+    for origin in origins.values():
+        assert not [e for e in origin.stats()["log"] if e["path"] == "/health" and e["method"] != "GET"]
+
+
+def test_an_anonymous_write_does_not_invalidate_the_shared_entry(strict):
+    proxy, _ = strict
+    path = unique("/api/v1/agents/open")
+    assert http("GET", proxy.url + path).headers["CF-Cache-Status"] == "MISS"
+    assert http("GET", proxy.url + path).headers["CF-Cache-Status"] == "HIT"
+    write = http("POST", proxy.url + path, json={"x": 1})
+    assert write.status == 200, write.body  # public: it reached the origin
+    time.sleep(1.0)  # invalidations run in the background: give one the time it would take
+    assert http("GET", proxy.url + path).headers["CF-Cache-Status"] == "HIT"
+    # the control: an authenticated write does invalidate
+    path, auth = unique("/api/v1/agents"), bearer().items()
+    assert http("GET", proxy.url + path, auth).headers["CF-Cache-Status"] == "MISS"
+    assert http("GET", proxy.url + path, auth).headers["CF-Cache-Status"] == "HIT"
+    assert http("POST", proxy.url + path, auth, json={"x": 2}).status == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if http("GET", proxy.url + path, auth).headers["CF-Cache-Status"] != "HIT":
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("an authenticated write did not invalidate the entry")

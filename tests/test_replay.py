@@ -90,8 +90,8 @@ def test_secondary_reorder_is_a_change_even_when_the_primary_is_the_same(tmp_pat
 def test_auth_change_reports_status_and_auth_outcome(tmp_path):
     new = edited(
         tmp_path,
-        "    - path: /health\n  schemes:",
-        "    - path: /health\n    - prefix: /api/v1/analytics\n  schemes:",
+        "    - {path: /health, methods: [GET, HEAD]}   # any other method on /health needs credentials\n  schemes:",
+        "    - {path: /health, methods: [GET, HEAD]}\n    - prefix: /api/v1/analytics\n  schemes:",
     )
     report = run_replay(SEED, new)
     assert [(c.request.path, c.country) for c in report.changes] == [("/api/v1/analytics/daily", "US")]

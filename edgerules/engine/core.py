@@ -122,7 +122,13 @@ class _Plan:
             for pr in classify.priorities
         )
         self.auth_rule_notes = tuple(
-            TraceEntry("auth", f"rule schemes={list(rule.schemes)}", "matched", "", rule.source)
+            TraceEntry(
+                "auth",
+                f"rule schemes={list(rule.schemes)}" if rule.schemes else "public",
+                "matched",
+                "",
+                rule.source,
+            )
             for rule in (auth.rules if auth else ())
         )
         self.cache_notes = tuple(
