@@ -89,6 +89,7 @@ class EdgeRules:
         self._running = False  # mitmproxy called `running` (and not `done` since)
         self._tasks: set[asyncio.Task] = set()  # runtime replacements under way
         self._retired: list[EdgeRuntime] = []  # replaced runtimes not stopped yet
+        self.flow_details = True  # edgerules_flow_details
         self.live: dict[str, Live] = {}  # flow.id -> state; dropped when the flow ends (response, error)
 
     def load(self, loader) -> None:
@@ -104,6 +105,14 @@ class EdgeRules:
             "Seconds between checks for policy changes (e.g. 0.2).",
         )
 
+        loader.add_option(
+            "edgerules_flow_details",
+            bool,
+            True,
+            "Put each decision on its flow for mitmweb, the console and -w: a summary in the comment, the "
+            "decision and its trace in the metadata, edge errors marked, the origin that answered as the "
+            "request's host. `edgerules serve` turns it off (no one looks at its flows).",
+        )
         loader.add_option(
             "edgerules_max_head_bytes",
             int,
@@ -129,6 +138,8 @@ class EdgeRules:
         """Parse and compile only: the policy is swapped in through the runtime's install step (the one hot
         reload takes); the store and background tasks start in `running`. An invalid value raises OptionsError,
         so mitmproxy keeps the previous value and the edge keeps serving the previous policy."""
+        if "edgerules_flow_details" in updated:
+            self.flow_details = bool(ctx.options.edgerules_flow_details)
         if not OPTIONS & updated:
             return
         interval = _reload_interval()
@@ -346,7 +357,8 @@ class EdgeRules:
         flow.response = _response(final.status, final.headers, final.body)
         if final.reason:
             flow.response.reason = final.reason
-        _show_origin(flow, live, forward, exchange.decision.context.region)
+        if self.flow_details:
+            _show_origin(flow, live, forward, exchange.decision.context.region)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Streamed responses leave before the `response` hook: their headers are decided here."""
@@ -384,6 +396,8 @@ class EdgeRules:
     def _describe(self, flow: http.HTTPFlow, live: Live) -> None:
         """The decision where mitmproxy users look: flow.comment (one line), flow.metadata (the whole decision
         and trace, plain data), flow.marked for the edge's own error answers."""
+        if not self.flow_details:
+            return
         try:
             exchange = live.exchange
             if exchange is None:

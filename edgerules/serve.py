@@ -215,7 +215,14 @@ def configure_options(opts: options.Options, config: ServeConfig, mode: str) -> 
     """Proxy defaults, then the user's `--set`s (they may override them), then the policy last: setting it
     builds the edge runtime, which must see every other option (e.g. `edgerules_reload_interval`)."""
     host, port = parse_listen(config.listen)
-    opts.update(listen_host=host, listen_port=port, mode=[mode], connection_strategy="lazy")
+    # no mitmweb, console or -w here to look at flows: the decision is not written onto each one
+    opts.update(
+        listen_host=host,
+        listen_port=port,
+        mode=[mode],
+        connection_strategy="lazy",
+        edgerules_flow_details=False,
+    )
     if config.certs:  # clients that open TLS get this certificate; ALPN offers h2 and http/1.1
         opts.update(certs=list(config.certs))
     if config.settings:

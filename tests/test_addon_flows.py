@@ -112,3 +112,33 @@ def test_an_internal_error_is_marked_and_named(addon, monkeypatch):
     assert flow.marked == ":no_entry:"
     assert flow.comment.startswith("edge error: 500 internal_error")
     assert flow.metadata["edgerules"]["edge_error"] is True
+
+
+def test_flow_details_can_be_turned_off(addon):
+    addon.flow_details = False  # edgerules_flow_details=false (what `edgerules serve` sets)
+    flow = decided(addon, "/admin/secrets")
+    addon.response(flow)
+    assert flow.response.status_code == 400  # decided as before
+    assert flow.comment == "" and not flow.marked and "edgerules" not in flow.metadata
+
+
+def test_edgerules_serve_turns_flow_details_off_unless_asked(tmp_path, monkeypatch):
+    from mitmproxy.addons import proxyserver
+    from mitmproxy.test import taddons
+
+    from edgerules.serve import ServeConfig, configure_options
+
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    policy = write_policy(tmp_path, dict.fromkeys(REGIONS, 9))
+
+    async def scenario():
+        for settings, expected in (((), False), (("edgerules_flow_details=true",), True)):
+            edge = EdgeRules()
+            with taddons.context(proxyserver.Proxyserver(), edge) as tctx:
+                config = ServeConfig(str(policy), "e2e", listen="127.0.0.1:0", settings=settings)
+                configure_options(tctx.options, config, "reverse:http://127.0.0.1:9")
+                assert tctx.options.edgerules_flow_details is expected and edge.flow_details is expected
+                assert edge.runtime is not None and edge.runtime.state is None  # compiled, nothing opened
+
+    asyncio.run(scenario())
