@@ -4,12 +4,14 @@ the edge's decisions in mitmweb works as written."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
 import urllib.request
 
 import pytest
+from mitmproxy import io as mio
 
 from tests.support.origins import start_origins
 from tests.support.policies import ENV, bearer, write_policy
@@ -26,12 +28,13 @@ pytestmark = [
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
 
 
-def web_get(port: int, path: str, password: str):
+def web_get(port: int, path: str, password: str, *, raw: bool = False):
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {password}"}
     )
     with urllib.request.urlopen(request, timeout=20) as response:
-        return json.loads(response.read())
+        body = response.read()
+    return body if raw else json.loads(body)
 
 
 def test_mitmweb_shows_what_the_edge_decided(tmp_path):
@@ -73,6 +76,7 @@ def test_mitmweb_shows_what_the_edge_decided(tmp_path):
             ]
             flows = web_get(web_port, "/flows", password)
             columns = web_get(web_port, "/options", password)["web_columns"]["value"]
+            saved = web_get(web_port, "/flows/dump", password, raw=True)  # what mitmweb's File > Save writes
         finally:
             proxy.stop()
         assert "Addon error" not in proxy.output(), proxy.output()
@@ -92,3 +96,8 @@ def test_mitmweb_shows_what_the_edge_decided(tmp_path):
     # the flow list names the origin that answered, not the `--mode reverse:` placeholder
     forwarded = flows[0]["request"]
     assert (forwarded["host"], forwarded["port"]) == ("127.0.0.1", origins["us-east-1"].port)
+
+    # mitmweb's save: plain flows, read back with the decision on them
+    reread = list(mio.FlowReader(io.BytesIO(saved)).stream())
+    assert [f.comment for f in reread] == [f["comment"] for f in flows]
+    assert reread[3].marked and reread[0].metadata["edgerules"]["region"] == "us-east-1"
