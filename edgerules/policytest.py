@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import jwt
@@ -32,6 +32,16 @@ from edgerules.diagnostics import Diagnostic, Mark, PolicyError
 from edgerules.engine.core import decide_request, response_headers
 from edgerules.engine.headers import forwarded_request_fields, relayed_response_fields
 from edgerules.engine.state import EngineState
+from edgerules.engine.steps import (
+    CONNECT_ERROR,
+    PROTOCOL_ERROR,
+    RESPONSE,
+    TIMEOUT,
+    Done,
+    OriginEvent,
+    Try,
+    drive,
+)
 from edgerules.engine.values import (
     Answer,
     Decision,
@@ -51,13 +61,21 @@ from edgerules.stores.memory import MemoryStore
 from edgerules.units import parse_duration
 
 DEFAULT_HOST = "edge.test"
+ORIGIN_FAILURES = (CONNECT_ERROR, TIMEOUT, PROTOCOL_ERROR)
 
 # ------------------------------------------------------------------------------------------- file shape
 
 _STR, _INT, _BOOL, _MAP, _LIST = "a string", "an integer", "a boolean", "a mapping", "a list"
 _INT_OR_NULL = "an integer or null"
 _FILE_KEYS = {"policy": _STR, "env": _STR, "environ": _MAP, "time": _STR, "host": _STR, "cases": _LIST}
-_CASE_KEYS = {"name": _STR, "request": _MAP, "world": _MAP, "response": _MAP, "expect": _MAP}
+_CASE_KEYS = {
+    "name": _STR,
+    "request": _MAP,
+    "world": _MAP,
+    "response": _MAP,
+    "origin": _MAP,
+    "expect": _MAP,
+}
 _REQUEST_KEYS = {
     "method": _STR,
     "url": _STR,
@@ -87,7 +105,7 @@ _API_KEY_KEYS = {
     "active": _BOOL,
     "expires_in": _STR,
 }
-_CACHED_KEYS = {"url": _STR, "status": _INT, "headers": _MAP, "body": None, "auth": _MAP}
+_CACHED_KEYS = {"url": _STR, "status": _INT, "headers": _MAP, "body": None, "auth": _MAP, "age": _STR}
 _RESPONSE_KEYS = {"status": _INT, "headers": _MAP, "body_size": _INT}
 _EXPECT_KEYS = {
     "status": _INT,
@@ -109,6 +127,7 @@ _EXPECT_KEYS = {
     "auth": _STR,
     "identity": _MAP,
     "rate_limit_remaining": _INT_OR_NULL,
+    "tries": _LIST,
 }
 _TYPES: dict[str, Callable[[object], bool]] = {
     _STR: lambda v: isinstance(v, str),
@@ -186,6 +205,16 @@ def _check(doc: LoadedDocument) -> None:
                 c.error(f"{p}/world/rate_limit_usage/{name}", f"{name} must be an integer")
         resp = c.mapping(case.get("response", {}), f"{p}/response", _RESPONSE_KEYS)
         c.strings(resp.get("headers"), f"{p}/response/headers")
+        for region, does in (case.get("origin") or {}).items():
+            where = f"{p}/origin/{region}"
+            if isinstance(does, str):
+                if does not in ORIGIN_FAILURES:
+                    c.error(
+                        where, f"{region}: expected one of {', '.join(ORIGIN_FAILURES)} or a response mapping"
+                    )
+            else:
+                does = c.mapping(does, where, _RESPONSE_KEYS)
+                c.strings(does.get("headers"), f"{where}/headers")
         expect = c.mapping(case.get("expect", {}), f"{p}/expect", _EXPECT_KEYS)
         for name in ("request_headers", "response_headers"):
             c.strings(expect.get(name), f"{p}/expect/{name}")
@@ -512,22 +541,109 @@ def final_response(
     return base.status, client_response_headers(decision, policy, base, now), body
 
 
+class OriginBehaviour(NamedTuple):
+    """What a simulated region does with a request: a failure kind, or a response's status and headers."""
+
+    kind: str = RESPONSE  # RESPONSE | CONNECT_ERROR | TIMEOUT | PROTOCOL_ERROR
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
+    body_size: int | None = None
+
+
+@dataclass(slots=True)
+class Simulation:
+    """A request carried to its end through the engine's steps against simulated origins."""
+
+    decision: Decision  # the finished decision
+    tries: list[tuple[Try, OriginEvent]]
+    origin: EdgeResponse | None  # the response relayed to the client, None when the edge answered
+    forward: Forward | None = None  # what the request phase decided, when it forwarded
+
+
+async def simulate(
+    policy: Policy,
+    state: EngineState,
+    request: EdgeRequest,
+    decision: Decision,
+    origins: Mapping[str, OriginBehaviour],
+    default: OriginBehaviour,
+    now: float,
+) -> Simulation:
+    """`steps.drive` (the live edge's loop) with each try answered by `origins[region]` (else `default`)."""
+    forward = decision.outcome
+    if not isinstance(forward, Forward):
+        return Simulation(decision, [], None)
+    behaviours: dict[int, OriginBehaviour] = {}
+
+    async def send(step: Try) -> OriginEvent:
+        does = origins.get(step.target.region, default)
+        behaviours[len(behaviours)] = does
+        if does.kind != RESPONSE:
+            return OriginEvent(does.kind, detail=f"simulated {does.kind}", sent_at=now, received_at=now)
+        return OriginEvent(RESPONSE, does.status, does.headers, "", now, now)
+
+    if decision.outcome.stream:
+        # mitmproxy carries streams and WebSockets to the first target itself: no failover, no cache
+        first = forward.targets[0]
+        step = Try(first, 0, request.method, forward.target_edits(first))
+        event = await send(step)
+        if event.kind != RESPONSE:
+            raise CaseError(
+                "a stream goes to its first region only (mitmproxy forwards it): simulate a response"
+            )
+        done, tries = Done(decision, relay=True), [(step, event)]
+    else:
+        done, tries = await drive(policy, decision, request.method, send, lambda: now)
+    if done.freshen is not None:
+        ctx = done.decision.context
+        await state.cache.write_revalidated(ctx.cache_rule, ctx.cache_lookup, done.freshen)
+    origin = None
+    if done.relay:
+        last = tries[-1][1]
+        origin = EdgeResponse(last.status, HeaderView(last.headers), behaviours[len(tries) - 1].body_size)
+    return Simulation(done.decision, tries, origin, forward)
+
+
+def origin_request(request: EdgeRequest, forward: Forward, step: Try) -> dict[str, Any]:
+    """What the origin of one try receives: method, target and header fields, as the live edge sends them."""
+    headers = forwarded_request_fields(
+        list(request.headers.pairs),
+        step.edits,
+        framing_kept=forward.stream,
+        websocket=forward.stream and request.websocket,
+    )
+    target = step.target
+    return {
+        "region": target.region,
+        "method": step.method,
+        "url": f"{target.scheme}://{target.host}:{target.port}{target.path}",
+        "target": target.path,
+        "headers": [list(p) for p in headers],
+    }
+
+
 @dataclass(slots=True)
 class Observation:
     """What the edge did with one request, as the fields `expect` may name."""
 
     fields: dict[str, Any]
-    request_headers: list[tuple[str, str]] | None  # None when the edge answered itself
+    request_headers: list[tuple[str, str]] | None  # what the last origin tried received; None: no origin
     response_headers: list[tuple[str, str]]
     trace: list[TraceEntry]
+    origin_request: dict[str, Any] | None = None  # method, target, headers of the last try
+    status: int = 0
+    body: bytes | None = None  # the edge's own answer's body (None: relayed from the origin)
 
 
-def observe(
-    request: EdgeRequest, decision: Decision, policy: Policy, origin: EdgeResponse, now: float
-) -> Observation:
+def observe(request: EdgeRequest, sim: Simulation, policy: Policy, now: float) -> Observation:
+    decision = sim.decision
     ctx = decision.context
-    status, resp_headers, body = final_response(decision, policy, origin, now)
     answered = isinstance(decision.outcome, Answer)
+    if answered:
+        status, resp_headers, body = final_response(decision, policy, EdgeResponse(0, HeaderView()), now)
+    else:
+        assert sim.origin is not None
+        status, resp_headers, body = final_response(decision, policy, sim.origin, now)
     parsed_body: Any = None
     if body is not None:
         try:
@@ -555,9 +671,18 @@ def observe(
             else None
         ),
         "rate_limit_remaining": min((r.remaining for r in ctx.rate_limits), default=None),
+        "tries": [
+            f"{step.target.region}: {event.status if event.kind == RESPONSE else event.kind}"
+            for step, event in sim.tries
+        ],
     }
-    req_headers = None if answered else forwarded_headers(request, decision)
-    return Observation(fields, req_headers, resp_headers, list(decision.trace))
+    req_headers = None
+    origin_req = None
+    if sim.tries:
+        assert sim.forward is not None
+        origin_req = origin_request(request, sim.forward, sim.tries[-1][0])
+        req_headers = [tuple(p) for p in origin_req["headers"]]
+    return Observation(fields, req_headers, resp_headers, list(decision.trace), origin_req, status, body)
 
 
 # ------------------------------------------------------------------------------------------- comparing
@@ -710,14 +835,28 @@ async def _run_case(tf: TestFile, policy: Policy, case: Case) -> tuple[Observati
         await _use_rate_limit(policy, state, request, keys, rule_name, used, now)
 
     decision = await decide_request(request, policy, state)
-    resp = case.data.get("response") or {}
-    resp_headers = {"Content-Type": "application/json", **(resp.get("headers") or {})}
-    origin = EdgeResponse(
-        resp.get("status", 200),
-        HeaderView((k, str(v)) for k, v in resp_headers.items()),
-        resp.get("body_size"),
+    default = behaviour(case.data.get("response") or {})
+    origins = {}
+    for region, does in (case.data.get("origin") or {}).items():
+        if region not in policy.regions:
+            raise CaseError(f"origin: unknown region {region!r} (regions: {', '.join(policy.regions)})")
+        origins[region] = behaviour(does)
+    sim = await simulate(policy, state, request, decision, origins, default, now)
+    return observe(request, sim, policy, now), sim.decision
+
+
+def behaviour(spec: str | Mapping[str, Any]) -> OriginBehaviour:
+    """A region's simulated behaviour from a test case: a failure kind, or a response mapping
+    (`status`, default 200; `headers`, Content-Type application/json unless given; `body_size`)."""
+    if isinstance(spec, str):
+        return OriginBehaviour(spec)
+    headers = {"Content-Type": "application/json", **(spec.get("headers") or {})}
+    return OriginBehaviour(
+        RESPONSE,
+        spec.get("status", 200),
+        tuple((str(k), str(v)) for k, v in headers.items()),
+        spec.get("body_size"),
     )
-    return observe(request, decision, policy, origin, now), decision
 
 
 def signed_duration(text: str) -> float:
@@ -844,6 +983,10 @@ async def _seed_cache(
         body = entry.get("body", {})
         raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         headers = {"Content-Type": "application/json", **(entry.get("headers") or {})}
+        try:
+            stored_at = now - signed_duration(entry["age"]) if "age" in entry else now
+        except ValueError as exc:
+            raise CaseError(f"world.cached {entry['url']}: age: {exc}") from None
         stored = await state.cache.store(
             ctx.cache_rule,
             ctx.cache_key,
@@ -853,11 +996,45 @@ async def _seed_cache(
             entry.get("status", 200),
             [(k, str(v)) for k, v in headers.items()],
             raw,
-            now,
-            now,
+            stored_at,
+            stored_at,
         )
         if not stored:
             raise CaseError(f"world.cached {entry['url']}: the cache rule refused to store this response")
+
+
+async def seed_entry(
+    policy: Policy,
+    state: EngineState,
+    request: EdgeRequest,
+    now: float,
+    age: str,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"{}",
+) -> None:
+    """A 200 answer to `request` stored `age` ago, under the key the engine computes for it (`explain --cached`)."""
+    seeder = EngineState(state.store, state.health, now=state.now)
+    seeder.limiter = RateLimiter(MemoryStore(), now=state.now)
+    probe = dataclasses.replace(request, method="GET")
+    decision = await decide_request(probe, policy, seeder)
+    ctx = decision.context
+    if ctx.cache_rule is None or ctx.cache_key is None:
+        raise CaseError(f"--cached: no cache rule applies to this request ({_why(decision)})")
+    stored_at = now - signed_duration(age)
+    pairs = list(headers) or [("Content-Type", "application/json")]
+    if not await state.cache.store(
+        ctx.cache_rule,
+        ctx.cache_key,
+        ctx.path or request.path,
+        "GET",
+        request.headers.pairs,
+        200,
+        pairs,
+        body,
+        stored_at,
+        stored_at,
+    ):
+        raise CaseError("--cached: the cache rule refused to store this answer")
 
 
 def _why(decision: Decision) -> str:
