@@ -615,6 +615,7 @@ def _headers(ctx: _Ctx, raw: Mapping[str, Any]) -> model.Headers:
         security=_pairs(raw.get("security")),
         processed_region=_header_name(raw.get("processed_region")),
         security_source=ctx.source("/headers/security") if raw.get("security") else "",
+        strip_wildcard_credentials=bool(raw.get("strip_wildcard_credentials", True)),
     )
 
 

@@ -272,6 +272,7 @@ class Headers:
     security: tuple[tuple[str, str], ...] = ()
     processed_region: str | None = None
     security_source: str = ""
+    strip_wildcard_credentials: bool = True  # on paths without a CORS rule: drop ACAO `*` + ACAC
 
 
 @dataclass(frozen=True, slots=True)

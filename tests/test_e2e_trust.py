@@ -342,3 +342,49 @@ def test_an_anonymous_write_does_not_invalidate_the_shared_entry(strict):
         time.sleep(0.2)
     else:
         raise AssertionError("an authenticated write did not invalidate the entry")
+
+
+# -- item 4: CORS is the edge's ----------------------------------------------------------------------------
+
+REFLECTING = json.dumps(
+    {
+        "Access-Control-Allow-Origin": "https://evil.example",
+        "Access-Control-Allow-Credentials": "true",
+        "Access-Control-Expose-Headers": "X-Secret",
+    }
+)
+
+
+def test_on_a_cors_path_the_origins_cors_headers_are_replaced_by_the_edges(edge):
+    proxy, _ = edge
+    path = unique()  # /api/v1/calls: the voice-apps rule (allow https://app.aybiza.com, no credentials)
+    headers = [("X-Test-Response-Headers", REFLECTING), *bearer().items()]
+    foreign = http("GET", proxy.url + path, [("Origin", "https://evil.example"), *headers])
+    assert foreign.status == 200
+    assert not [name for name in foreign.headers if name.lower().startswith("access-control-")], (
+        foreign.headers
+    )
+    allowed = http("GET", proxy.url + path, [("Origin", "https://app.aybiza.com"), *headers])
+    assert allowed.headers.get_all("Access-Control-Allow-Origin") == ["https://app.aybiza.com"]
+    assert allowed.headers["Access-Control-Allow-Credentials"] is None
+    assert allowed.headers["Access-Control-Expose-Headers"] is None
+
+
+def test_elsewhere_a_wildcard_origin_with_credentials_is_stripped(edge):
+    proxy, _ = edge
+    wildcard = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Credentials": "true"}
+    sent = [
+        ("X-Test-Response-Headers", json.dumps(wildcard)),
+        ("Origin", "https://x.example"),
+        *bearer().items(),
+    ]
+    response = http("GET", proxy.url + unique("/api/v1/phone-numbers"), sent)
+    assert response.status == 200
+    assert response.headers["Access-Control-Allow-Origin"] is None
+    assert response.headers["Access-Control-Allow-Credentials"] is None
+    public = [
+        ("X-Test-Response-Headers", json.dumps({"Access-Control-Allow-Origin": "*"})),
+        *bearer().items(),
+    ]
+    response = http("GET", proxy.url + unique("/api/v1/phone-numbers"), public)
+    assert response.headers["Access-Control-Allow-Origin"] == "*"  # without credentials: the origin's choice

@@ -248,3 +248,31 @@ def test_vary_is_judged_on_the_headers_the_origin_got():
     assert view.get("x-forwarded-host") == "api.aybiza.test"
     assert view.get("x-forwarded-for") == "203.0.113.7"
     assert view.get("accept-encoding") == "gzip, br"  # the policy's request rule, as the origin saw it
+
+
+# -- item 4: CORS ------------------------------------------------------------------------------------------
+
+
+def test_response_cors_headers_are_the_edges_on_a_cors_path_and_wildcard_credentials_go_elsewhere():
+    from edgerules.engine.core import response_headers
+    from edgerules.engine.values import EdgeResponse
+
+    policy = seed_policy()
+    origin_says = HeaderView(
+        [("Access-Control-Allow-Origin", "https://evil"), ("access-control-allow-credentials", "true")]
+    )
+    on_path = decide(request("GET", "/api/v1/calls/1", {"Origin": "https://app.aybiza.com", **bearer()}))
+    edits = response_headers(on_path, policy, EdgeResponse(200, origin_says), now=0.0)
+    assert {"access-control-allow-origin", "access-control-allow-credentials"} <= set(edits.remove)
+    assert ("Access-Control-Allow-Origin", "https://app.aybiza.com") in edits.set
+    wildcard = HeaderView(
+        [("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Credentials", "true")]
+    )
+    elsewhere = decide(request("GET", "/api/v1/agents/1", bearer()))
+    removed = response_headers(elsewhere, policy, EdgeResponse(200, wildcard), now=0.0).remove
+    assert {"access-control-allow-origin", "access-control-allow-credentials"} <= set(removed)
+    switched_off = dataclasses.replace(
+        policy, headers=dataclasses.replace(policy.headers, strip_wildcard_credentials=False)
+    )
+    removed = response_headers(elsewhere, switched_off, EdgeResponse(200, wildcard), now=0.0).remove
+    assert "access-control-allow-origin" not in removed

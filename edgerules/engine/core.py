@@ -985,12 +985,22 @@ def response_headers(
         if cache.processed_header:
             to_set.append((cache.processed_header, utc_iso_millis(now)))
     if ctx.cors_rule is not None:
+        # CORS is the edge's on this path: the origin's Access-Control-* answer is replaced by the rule's.
+        to_remove.extend(name for name in response.headers.names() if name.startswith("access-control-"))
         to_set.extend(cors.response_headers(ctx.cors_rule, ctx.origin))
         vary = response.headers.joined("vary")
         if vary is None:
             to_set.append(("Vary", "Origin"))
         elif vary.strip() != "*" and "origin" not in {v.strip().lower() for v in vary.split(",")}:
             to_set.append(("Vary", f"{vary}, Origin"))
+    elif (
+        # `*` with credentials: a misconfigured origin's answer (browsers refuse it; some proxies and old
+        # clients do not), never passed on
+        headers.strip_wildcard_credentials
+        and (response.headers.get("access-control-allow-origin") or "").strip() == "*"
+        and "access-control-allow-credentials" in response.headers
+    ):
+        to_remove.extend(("access-control-allow-origin", "access-control-allow-credentials"))
     if ctx.rate_limits and not (
         isinstance(decision.outcome, Answer) and decision.outcome.kind == "rate_limited"
     ):
