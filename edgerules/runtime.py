@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from edgerules.cache import RevalidationGate
 from edgerules.diagnostics import PolicyError
-from edgerules.engine.core import decide_request, response_headers
+from edgerules.engine.core import PreparedPolicy, decide, prepare, response_headers
 from edgerules.engine.errors import error_answer
 from edgerules.engine.headers import NO_EDITS, HeaderEdits, forwarded_request_fields
 from edgerules.engine.state import EngineState
@@ -158,6 +158,8 @@ class EdgeRuntime:
         self.health = HealthRegistry()
         self.upstream = UpstreamClient()
         self._policy: Policy | None = None
+        # the policy prepared for the state (engine.core.prepare): made once per install, when both exist
+        self._prepared: PreparedPolicy | None = None
         self.state: EngineState | None = None
         self.prober: HealthProber | None = None
         self.metrics: MetricsRecorder | None = None
@@ -211,6 +213,7 @@ class EdgeRuntime:
         assert policy is not None and self.state is None
         store = open_store(policy.store)
         self.state = EngineState(store, self.health)
+        self._prepared = prepare(policy, self.state)
         self.metrics = MetricsRecorder(
             store, policy.metrics, instance_id=f"{os.getpid()}", regions=list(policy.regions)
         )
@@ -228,6 +231,7 @@ class EdgeRuntime:
                 # a reload may switch recording (or the access log) on or off
                 self.metrics.config = policy.metrics
         self._policy = policy  # one reference swap: a request reads it once and keeps that policy
+        self._prepared = prepare(policy, self.state) if self.state is not None else None
         self.reload_status.loaded_at = time.time()
         self.reload_status.signature, self.reload_status.fingerprint = snapshot
         if self.prober is not None:
@@ -384,13 +388,15 @@ class EdgeRuntime:
     # ---------------------------------------------------------------------------------------------- requests
 
     async def decide(self, req: EdgeRequest) -> Exchange:
-        policy = self._policy
+        prepared = (
+            self._prepared
+        )  # read once: a reload swaps it, this request keeps the policy it started with
         started = time.perf_counter()
-        if policy is None or self.state is None:
+        if prepared is None:
             answer = error_answer(None, "all_regions_down", reason="no_policy")
-            return Exchange(policy, Decision(answer, Context(), ()), started)  # type: ignore[arg-type]
-        decision = await decide_request(req, policy, self.state)
-        return Exchange(policy, decision, started)
+            return Exchange(self._policy, Decision(answer, Context(), ()), started)  # type: ignore[arg-type]
+        decision = await decide(req, prepared)
+        return Exchange(prepared.policy, decision, started)
 
     def check_body(self, exchange: Exchange, size: int) -> Answer | None:
         """The body the client sent, once read: the engine's answer when it is over the limit (the exchange

@@ -134,11 +134,15 @@ def test_trace_entries_are_cheap_tuples_with_the_same_fields():
     assert any(e.phase == "auth" and e.outcome == "accepted" for e in decision.trace)
 
 
-def test_plan_follows_the_policy_object():
-    policy = seed_policy()
-    assert core._plan(policy) is core._plan(policy)
+def test_a_state_prepares_each_policy_object_once():
+    policy, state = seed_policy(), make_state()
+    prepared = state.prepared(policy)
+    assert (prepared.policy, prepared.state) == (policy, state)
+    assert state.prepared(policy) is prepared
     other = dataclasses.replace(policy, name="other")
-    assert core._plan(other) is not core._plan(policy)
+    assert state.prepared(other) is not prepared
+    assert state.prepared(policy) is prepared  # a few recent policies are kept: the tools alternate two
+    assert core.prepare(policy, state) is not prepared  # prepare itself always prepares anew
     assert core.is_stream_class(policy, "audio-stream")
     assert not core.is_stream_class(policy, "api-call")
 
@@ -151,7 +155,7 @@ def test_identity_headers_are_stripped_and_the_memo_stays_bounded(monkeypatch):
         decision = decide(request("GET", "/health", headers), state)
         assert set(decision.outcome.remove_headers) >= {"x-user-id", "x_user_role"}
         assert f"x-other-{n}" not in decision.outcome.remove_headers
-    assert len(core._plan(seed_policy()).spoofable) <= 3
+    assert len(state.prepared(seed_policy()).spoofable) <= 3
 
 
 def test_verifier_memo_is_per_state():
@@ -161,8 +165,9 @@ def test_verifier_memo_is_per_state():
         assert (
             decide(request("GET", "/api/v1/agents/1", bearer()), state, policy).context.auth_outcome == "jwt"
         )
-    assert core._plan(policy).verifier[0] is one
-    assert core._plan(policy).verifier[1] is one.verifier(policy.auth.jwt)
+    assert one.prepared(policy).verifier is one.verifier(policy.auth.jwt)
+    assert two.prepared(policy).verifier is two.verifier(policy.auth.jwt)
+    assert one.prepared(policy).verifier is not two.prepared(policy).verifier
 
 
 def test_pretty_host_is_memoised_per_host_header():
@@ -239,7 +244,7 @@ def test_known_bearer_shortcut_respects_expiry_and_duplicates():
     assert _decide_all(state, policy, [request(headers={"Authorization": header})])[0].context.identity
     duplicate = request(headers=[("Authorization", header), ("Authorization", header)])
     assert _decide_all(state, policy, [duplicate])[0].context.auth_outcome == "failed:duplicate_header"
-    verifier = core._verifier(core._Run(request(), policy, state), policy.auth.jwt)
+    verifier = state.prepared(policy).verifier
     for key, (identity, _until) in list(verifier._cache.items()):
         verifier._cache[key] = (identity, 0.0)  # the cached verdict ran out
     assert verifier.cached(header.removeprefix("Bearer ")) is None
@@ -322,7 +327,7 @@ def test_header_syntax_check_in_one_pass_equals_field_by_field(pairs, limit):
     policy = dataclasses.replace(
         policy, validation=dataclasses.replace(policy.validation, max_header_size=limit)
     )
-    run = core._Run(request("GET", "/health", pairs), policy, make_state())
+    run = core._Run(request("GET", "/health", pairs), core.prepare(policy, make_state()))
     refusal = core._check_header_syntax(run)
     got = None if refusal is None else (refusal.context.error, refusal.outcome.status)
     expected = _header_check_field_by_field(pairs, limit)

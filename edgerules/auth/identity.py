@@ -125,29 +125,29 @@ def identity_headers(
     identity: Identity,
     names: HeaderNames | Mapping[str, str] = IDENTITY_HEADERS,
     now: float | None = None,
+    memo: dict[int, CheckedIdentity] | None = None,
 ) -> list[tuple[str, str]]:
     """Headers the engine adds to the upstream request. Values are re-checked here (defence in depth).
 
-    `names` has attributes (or keys) user, role, permissions, authenticated_at; `now` is epoch seconds.
+    `names` has attributes (or keys) user, role, permissions, authenticated_at; `now` is epoch seconds. `memo`
+    (the prepared policy's) remembers the checks per identity object: the verifier's cache hands out the same
+    Identity for the same token, and the checks cost more than the rest. Keyed by object identity (hashing the
+    dataclass costs more than the lookup); the entry holds the identity, so its id cannot be reused meanwhile.
     """
-    entry = _CHECKED.get(id(identity))
+    entry = memo.get(id(identity)) if memo is not None else None
     if entry is None or entry[0] is not identity or entry[1] is not names:
         entry = _check(identity, names)
+        if memo is not None:
+            remember(memo, id(identity), entry)
     return [*entry[2], (entry[3], utc_iso_millis(time.time() if now is None else now))]
 
 
-# id(identity) -> (identity, names, its user/role/permissions headers, the authenticated-at header name), only
-# for identities that passed the checks. Keyed by object identity (the verifier's cache hands out the same
-# Identity for the same token, and hashing the dataclass costs more than the lookup); the entry holds the
-# identity, so its id cannot be reused while it is here.
-_CHECKED: dict[int, tuple[Identity, object, tuple[tuple[str, str], ...], str]] = {}
+# What `_check` returns: (identity, names, its user/role/permissions headers, the authenticated-at header name).
+CheckedIdentity = tuple[Identity, object, tuple[tuple[str, str], ...], str]
 
 
-def _check(
-    identity: Identity, names: HeaderNames | Mapping[str, str]
-) -> tuple[Identity, object, tuple[tuple[str, str], ...], str]:
-    """The defence-in-depth checks and the JSON encoding of the permissions, memoised per identity (the
-    same users come back on every request, and these cost more than the rest)."""
+def _check(identity: Identity, names: HeaderNames | Mapping[str, str]) -> CheckedIdentity:
+    """The defence-in-depth checks and the JSON encoding of the permissions."""
     if type(names) is dict or isinstance(names, Mapping):  # dict first: an ABC check is slow
         user_h, role_h, perms_h, at_h = (
             names["user"],
@@ -163,7 +163,7 @@ def _check(
     if len(permissions) > MAX_PERMISSIONS_HEADER:
         raise AuthFailure("bad_claim", "permissions too large for a header")
     pairs = ((user_h, identity.user), (role_h, identity.role), (perms_h, permissions))
-    return remember(_CHECKED, id(identity), (identity, names, pairs, at_h))
+    return (identity, names, pairs, at_h)
 
 
 # RFC 9110 auth-scheme (token) SP token68. Exactly one space, nothing around, no commas (so no

@@ -15,7 +15,13 @@ from urllib.parse import unquote_plus
 
 from edgerules import memo
 from edgerules.auth.apikeys import authenticate_api_key
-from edgerules.auth.identity import Identity, identity_headers, is_spoofable_header, parse_authorization
+from edgerules.auth.identity import (
+    CheckedIdentity,
+    Identity,
+    identity_headers,
+    is_spoofable_header,
+    parse_authorization,
+)
 from edgerules.auth.jwt import AuthFailure, JwtConfig, JwtVerifier
 from edgerules.cache import CacheStatus
 from edgerules.engine import cors
@@ -58,29 +64,36 @@ _SCHEME_NAMES = {"bearer": "Bearer"}
 _new_tuple = tuple.__new__
 
 
-class _Plan:
-    """What the request phases derive from a policy once instead of on every request (policies are
-    immutable; a reload brings a new policy object and so a new plan)."""
+class PreparedPolicy:
+    """A policy prepared for one engine state (`prepare`): what the request phases derive from the policy once
+    instead of on every request, and the memo tables of its pure results. Policies are immutable; a reload
+    brings a new policy and so a new prepared policy, and everything here lives exactly as long as it is used.
+    """
 
     __slots__ = (
         "accepted",
         "answers",
         "auth_rule_notes",
         "cache_notes",
+        "checked",
         "class_notes",
         "header_notes",
         "identity_names",
         "located",
+        "policy",
         "priority_notes",
         "protected",
         "routes",
         "spoofable",
+        "state",
         "stream_classes",
         "trusted",
         "verifier",
     )
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, state: EngineState) -> None:
+        self.policy = policy
+        self.state = state
         auth = policy.auth
         names = auth.identity_headers if auth else None
         extra = (names.user, names.role, names.permissions, names.authenticated_at) if names else ()
@@ -102,8 +115,8 @@ class _Plan:
         # (country, lat, lon, candidates' health) -> routing.RoutePlan: a pure function of the policy and the key
         self.routes: dict[tuple, RoutePlan] = {}
         self.stream_classes = frozenset(rc.name for rc in policy.classify.classes if rc.stream)
-        # (state, state.verifier(policy.auth.jwt)): saves hashing the JWT configuration per request
-        self.verifier: tuple[EngineState, JwtVerifier] | None = None
+        # state.verifier(policy.auth.jwt), found on the first token: saves hashing the JWT configuration per request
+        self.verifier: JwtVerifier | None = None
         self.trusted: dict[str, bool] = {}  # client IP -> geo.is_trusted(policy.geo, ip)
         # (client IP, its geo header values) -> geo.locate(...): a pure function of the policy and the key
         self.located: dict[tuple, tuple[str, float | None, float | None, str]] = {}
@@ -111,6 +124,8 @@ class _Plan:
         self.answers: dict[tuple, Answer] = {}
         # id(identity) -> (identity, its "accepted" trace entry); the entry keeps the id from being reused
         self.accepted: dict[int, tuple[Identity, TraceEntry]] = {}
+        # id(identity) -> identity_headers' checks of it (the entry holds the identity)
+        self.checked: dict[int, CheckedIdentity] = {}
         # The trace entries of rules that matched, which carry nothing request-specific: built once, in the
         # rules' order.
         classify = policy.classify
@@ -140,18 +155,9 @@ class _Plan:
         )
 
 
-_PLANS: dict[int, tuple[Policy, _Plan]] = {}
-
-
-def _plan(policy: Policy) -> _Plan:
-    """The policy's plan; keyed by identity (the entry keeps the policy alive, so its id cannot be reused)."""
-    entry = _PLANS.get(id(policy))
-    if entry is not None and entry[0] is policy:
-        return entry[1]
-    plan = _Plan(policy)
-    # old policies after reloads, test policies: few at a time, all dropped when there are many
-    remember(_PLANS, id(policy), (policy, plan), limit=16)
-    return plan
+def prepare(policy: Policy, state: EngineState) -> PreparedPolicy:
+    """Prepare `policy` for `state` once (at install, as OPA prepares a query); `decide` then takes it."""
+    return PreparedPolicy(policy, state)
 
 
 class _Run:
@@ -173,11 +179,11 @@ class _Run:
         "trace",
     )
 
-    def __init__(self, req: EdgeRequest, policy: Policy, state: EngineState) -> None:
+    def __init__(self, req: EdgeRequest, prepared: PreparedPolicy) -> None:
         self.req = req
-        self.policy = policy
-        self.plan = _plan(policy)
-        self.state = state
+        self.policy = prepared.policy
+        self.plan = prepared
+        self.state = prepared.state
         self.ctx = Context()
         self.trace: list[TraceEntry] = []
         self.set_headers: list[tuple[str, str]] = []
@@ -212,7 +218,15 @@ class _Run:
 
 
 async def decide_request(req: EdgeRequest, policy: Policy, state: EngineState) -> Decision:
-    run = _Run(req, policy, state)
+    """`decide` for callers that hold a policy and a state (the tools, tests): the state keeps the policies it
+    prepared last (`EngineState.prepared`)."""
+    return await decide(req, state.prepared(policy))
+
+
+async def decide(req: EdgeRequest, prepared: PreparedPolicy) -> Decision:
+    """The request phase: every check, in order, up to an `Answer` or a `Forward`."""
+    run = _Run(req, prepared)
+    policy = prepared.policy
     ctx = run.ctx
     headers = req.headers
 
@@ -312,7 +326,11 @@ def _locate(run: _Run) -> tuple[str, float | None, float | None, str]:
 
 
 def _error_answer(
-    plan: _Plan, policy: Policy, kind: ErrorKind, headers: tuple[tuple[str, str], ...], reason: str | None
+    plan: PreparedPolicy,
+    policy: Policy,
+    kind: ErrorKind,
+    headers: tuple[tuple[str, str], ...],
+    reason: str | None,
 ) -> Answer:
     """`error_answer`, memoised per policy: the same few refusals are built over and over."""
     key = (kind, reason, headers)
@@ -402,7 +420,7 @@ def _classify(run: _Run) -> None:
 
 
 def is_stream_class(policy: Policy, name: str | None) -> bool:
-    return name in _plan(policy).stream_classes
+    return any(rc.stream and rc.name == name for rc in policy.classify.classes)
 
 
 def _validate(run: _Run) -> Decision | None:
@@ -615,7 +633,7 @@ def _accepted(run: _Run, auth, identity: Identity) -> None:
     plan = run.plan
     names = plan.identity_names
     assert names is not None  # the policy has an auth section: it names the identity headers
-    run.set_headers.extend(identity_headers(identity, names, run.state.now()))
+    run.set_headers.extend(identity_headers(identity, names, run.state.now(), plan.checked))
     known = plan.accepted.get(id(identity))  # (identity, its trace entry): the same users come back
     if known is None or known[0] is not identity:
         note = TraceEntry("auth", identity.method, "accepted", f"user {identity.user}", auth.source)
@@ -625,11 +643,9 @@ def _accepted(run: _Run, auth, identity: Identity) -> None:
 
 def _verifier(run: _Run, config: JwtConfig) -> JwtVerifier:
     plan = run.plan
-    cached = plan.verifier
-    if cached is not None and cached[0] is run.state:
-        return cached[1]
-    verifier = run.state.verifier(config)
-    plan.verifier = (run.state, verifier)
+    verifier = plan.verifier
+    if verifier is None:
+        verifier = plan.verifier = run.state.verifier(config)
     return verifier
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from edgerules.auth.apikeys import ApiKeyStore
 from edgerules.auth.jwks import JwksSource
@@ -16,6 +17,10 @@ from edgerules.cache import ResponseCache
 from edgerules.health import HealthRegistry
 from edgerules.ratelimit import RateLimiter
 from edgerules.stores.base import Store
+
+if TYPE_CHECKING:
+    from edgerules.engine.core import PreparedPolicy
+    from edgerules.model import Policy
 
 
 class EngineState:
@@ -34,6 +39,19 @@ class EngineState:
         self.keys = ApiKeyStore(store)
         self._verifiers: dict[JwtConfig, JwtVerifier] = {}
         self._jwks: dict[tuple[str | None, str | None], JwksSource] = {}
+        self._prepared: list[PreparedPolicy] = []  # most recent first, a few (old policies drop out)
+
+    def prepared(self, policy: Policy) -> PreparedPolicy:
+        """`policy` prepared for this state (`engine.core.prepare`), kept for the few policies used last: the
+        live edge prepares its policy at install; the tools and tests that pass a policy per call come here."""
+        for prepared in self._prepared:
+            if prepared.policy is policy:
+                return prepared
+        from edgerules.engine.core import prepare
+
+        prepared = prepare(policy, self)
+        self._prepared = [prepared, *self._prepared[:3]]
+        return prepared
 
     def verifier(self, config: JwtConfig) -> JwtVerifier:
         """One verifier (and its verified-token cache) per distinct JWT configuration; survives reloads."""
