@@ -582,7 +582,7 @@ async def simulate(
             return OriginEvent(does.kind, detail=f"simulated {does.kind}", sent_at=now, received_at=now)
         return OriginEvent(RESPONSE, does.status, does.headers, "", now, now)
 
-    if decision.outcome.stream:
+    if forward.stream:
         # mitmproxy carries streams and WebSockets to the first target itself: no failover, no cache
         first = forward.targets[0]
         step = Try(first, 0, request.method, forward.target_edits(first))
