@@ -665,6 +665,8 @@ def _metrics(ctx: _Ctx, raw: Mapping[str, Any]) -> MetricsConfig:
         rollup_retention=_duration(raw.get("rollup_retention"), d.rollup_retention),
         flush_interval=_duration(raw.get("flush_interval"), d.flush_interval),
         access_log=bool(raw.get("access_log", d.access_log)),
+        redact_path_segments=tuple(compile_regex(str(p)) for p in raw.get("redact_path_segments") or ()),
+        redact_random_segments=bool(raw.get("redact_random_segments", d.redact_random_segments)),
     )
 
 

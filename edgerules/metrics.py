@@ -42,6 +42,10 @@ class MetricsConfig:
     latency_buckets_ms: tuple[float, ...] = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
     max_buffer: int = 100_000
     """Raw records kept in memory while the store is unavailable; the oldest beyond this are dropped."""
+    redact_path_segments: tuple[
+        Any, ...
+    ] = ()  # compiled RE2 patterns: a path segment matching one is redacted
+    redact_random_segments: bool = True  # long random-looking segments (tokens, webhook secrets) too
 
 
 @dataclass(frozen=True, slots=True)
@@ -683,6 +687,37 @@ def _scrub(value: object) -> object:
     if isinstance(value, int | float | bool) or value is None:
         return value
     return _scrub(str(value))
+
+
+# A segment of 20+ URL-safe characters with letters and digits mixed, or of 40+ of them: a token, a webhook
+# secret, a signed id. (Names, slugs and short ids stay readable; a UUID is redacted.)
+_RANDOM_SEGMENT_RE = re.compile(r"[A-Za-z0-9_.~+=%-]{20,}")
+_DIGIT_RE = re.compile(r"[0-9]")
+_LETTER_RE = re.compile(r"[A-Za-z]")
+
+
+def looks_random(segment: str) -> bool:
+    if len(segment) < 20 or _RANDOM_SEGMENT_RE.fullmatch(segment) is None:
+        return False
+    return len(segment) >= 40 or (bool(_DIGIT_RE.search(segment)) and bool(_LETTER_RE.search(segment)))
+
+
+def redact_path(path: str | None, config: MetricsConfig) -> str | None:
+    """The path as the access log writes it: segments matching `metrics.redact_path_segments`, and long
+    random-looking ones (`metrics.redact_random_segments`), become `[redacted]`, as sensitive query
+    parameters do."""
+    if not path:
+        return path
+    patterns, random = config.redact_path_segments, config.redact_random_segments
+    if not patterns and not random:
+        return path
+    parts = path.split("/")
+    changed = False
+    for i, segment in enumerate(parts):
+        if segment and ((random and looks_random(segment)) or any(p.fullmatch(segment) for p in patterns)):
+            parts[i] = "[redacted]"
+            changed = True
+    return "/".join(parts) if changed else path
 
 
 def access_log_line(rec: RequestRecord, extra: Mapping[str, object] | None = None) -> str:

@@ -35,7 +35,7 @@ from edgerules.httpcache import invalidates, invalidation_targets
 from edgerules.kinds import EdgeRulesError
 from edgerules.loader import MAX_FILE_BYTES
 from edgerules.lograte import RateLimitedWarning
-from edgerules.metrics import MetricsRecorder, RequestRecord, access_log_line
+from edgerules.metrics import MetricsRecorder, RequestRecord, access_log_line, redact_path
 from edgerules.model import Policy
 from edgerules.policy import load_policy_file
 from edgerules.prober import HealthProber
@@ -526,7 +526,8 @@ class EdgeRuntime:
             )
             self.metrics.record(record)
             if policy.metrics.access_log:
-                access_log.info(access_log_line(record, {"path": ctx.path}))
+                path = redact_path(ctx.path, policy.metrics)  # secrets in paths never reach the log
+                access_log.info(access_log_line(record, {"path": path}))
         except Exception:  # metrics must never break a request
             log.exception("metrics record failed")
 

@@ -388,3 +388,24 @@ def test_elsewhere_a_wildcard_origin_with_credentials_is_stripped(edge):
     ]
     response = http("GET", proxy.url + unique("/api/v1/phone-numbers"), public)
     assert response.headers["Access-Control-Allow-Origin"] == "*"  # without credentials: the origin's choice
+
+
+# -- item 7: secrets in paths never reach the access log ----------------------------------------------------
+
+
+def test_a_webhook_secret_in_the_path_is_redacted_in_the_access_log(edge):
+    proxy, _ = edge
+    secret = "whsec_" + uuid.uuid4().hex[:8] + "Kx9" + uuid.uuid4().hex[:12]
+    marker = "hook-" + uuid.uuid4().hex[:8]
+    path = f"/webhooks/{marker}/{secret}"
+    offset = len(proxy.output())
+    response = http("POST", proxy.url + path, bearer().items(), json={"event": "x"})
+    assert response.status == 200, response.body
+    deadline = time.monotonic() + 10
+    lines: list[str] = []
+    while time.monotonic() < deadline and not lines:
+        lines = [line for line in proxy.output()[offset:].splitlines() if marker in line]
+        time.sleep(0.1)
+    assert lines, proxy.output()[offset:]
+    assert secret not in proxy.output()[offset:]
+    assert f"/webhooks/{marker}/[redacted]" in lines[0]

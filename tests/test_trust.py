@@ -276,3 +276,32 @@ def test_response_cors_headers_are_the_edges_on_a_cors_path_and_wildcard_credent
     )
     removed = response_headers(elsewhere, switched_off, EdgeResponse(200, wildcard), now=0.0).remove
     assert "access-control-allow-origin" not in removed
+
+
+# -- item 7: path redaction --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "logged"),
+    [
+        ("/webhooks/stripe/whsec_3f9aK2LmQx7Vt8Rz1Np4", "/webhooks/stripe/[redacted]"),
+        ("/api/v1/agents/3fa85f64-5717-4562-b3fc-2c963f66afa6", "/api/v1/agents/[redacted]"),
+        ("/api/v1/agents/agent-42/config", "/api/v1/agents/agent-42/config"),
+        ("/api/v1/phone-numbers/international-numbers", "/api/v1/phone-numbers/international-numbers"),
+        ("/voice/" + "a" * 40, "/voice/[redacted]"),
+    ],
+)
+def test_access_log_paths_redact_random_looking_segments(path, logged):
+    from edgerules.metrics import MetricsConfig, redact_path
+
+    assert redact_path(path, MetricsConfig()) == logged
+
+
+def test_access_log_paths_redact_policy_patterns_and_the_default_can_be_switched_off():
+    from edgerules.metrics import MetricsConfig, redact_path
+    from edgerules.paths import compile_regex
+
+    config = MetricsConfig(redact_path_segments=(compile_regex("pin-[0-9]+"),), redact_random_segments=False)
+    assert redact_path("/calls/pin-1234/whsec_3f9aK2LmQx7Vt8Rz1Np4", config) == (
+        "/calls/[redacted]/whsec_3f9aK2LmQx7Vt8Rz1Np4"
+    )
