@@ -42,3 +42,22 @@ def test_validate_runs_without_network_libraries() -> None:
         "assert main(['validate', 'rules/aybiza.yaml'], out=io.StringIO()) == 0\n"
     )
     assert _loaded_roots(code) & set(HEAVY) == set()
+
+
+def test_the_public_surface_resolves_and_costs_nothing_until_used() -> None:
+    import edgerules
+
+    for name in edgerules.__all__:
+        assert getattr(edgerules, name) is not None, name
+    assert (ROOT / "edgerules" / "py.typed").exists()
+    roots = _loaded_roots("import edgerules")
+    assert roots & set(HEAVY) == set()
+    code = "import edgerules, sys\nprint(' '.join(m for m in sys.modules if m.startswith('edgerules')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["edgerules"]
+
+
+def test_all_lists_exactly_the_lazy_exports() -> None:
+    import edgerules
+
+    assert set(edgerules.__all__) == {"__version__", *edgerules._EXPORTS}
