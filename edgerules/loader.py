@@ -347,7 +347,7 @@ def _compose(text: str, file: str) -> Node | None:
     try:
         if not loader.check_node():
             return None
-        root = loader.get_node()
+        root: Node = loader.get_node()
         if loader.check_node():
             raise PolicyError.at(
                 _second_document_mark(text, file, root),
@@ -573,7 +573,7 @@ class _Converter:
             )
         if key_node.tag not in _SCALAR_TAGS:
             self.check_tag(key_node, STR, pointer)
-        return key_node.value
+        return str(key_node.value)
 
     def scalar(self, node: ScalarNode, pointer: str) -> Any:
         tag, value = node.tag, node.value

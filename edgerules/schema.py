@@ -40,7 +40,8 @@ _TYPE_NOUNS = {
 
 def load_schema() -> dict[str, Any]:
     """The policy JSON Schema (a fresh copy: callers may modify it)."""
-    return json.loads(_schema_text())
+    schema: dict[str, Any] = json.loads(_schema_text())
+    return schema
 
 
 @functools.cache

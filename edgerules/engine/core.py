@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import unquote_plus
 
 from edgerules import memo
@@ -43,6 +44,7 @@ from edgerules.engine.values import (
 )
 from edgerules.httpcache import (
     CacheEntry,
+    CacheRule,
     HeaderInput,
     cache_key,
     effective_principal,
@@ -56,7 +58,7 @@ from edgerules.kinds import ErrorKind, TracePhase
 from edgerules.memo import remember
 from edgerules.model import Auth, Match, Policy
 from edgerules.paths import PathError, check_query, normalise_path, split_path
-from edgerules.ratelimit import RateLimitRule
+from edgerules.ratelimit import RateLimitResult, RateLimitRule
 from edgerules.stores.base import StoreUnavailable
 from edgerules.timefmt import utc_iso_millis
 
@@ -113,15 +115,15 @@ class PreparedPolicy:
             else None
         )
         # (country, lat, lon, candidates' health) -> routing.RoutePlan: a pure function of the policy and the key
-        self.routes: dict[tuple, RoutePlan] = {}
+        self.routes: dict[tuple[str, float | None, float | None, tuple[bool, ...]], RoutePlan] = {}
         self.stream_classes = frozenset(rc.name for rc in policy.classify.classes if rc.stream)
         # state.verifier(policy.auth.jwt), found on the first token: saves hashing the JWT configuration per request
         self.verifier: JwtVerifier | None = None
         self.trusted: dict[str, bool] = {}  # client IP -> geo.is_trusted(policy.geo, ip)
         # (client IP, its geo header values) -> geo.locate(...): a pure function of the policy and the key
-        self.located: dict[tuple, tuple[str, float | None, float | None, str]] = {}
+        self.located: dict[tuple[object, ...], tuple[str, float | None, float | None, str]] = {}
         # (kind, reason, extra headers) -> error_answer(policy, ...): answers are immutable values
-        self.answers: dict[tuple, Answer] = {}
+        self.answers: dict[tuple[ErrorKind, str | None, tuple[tuple[str, str], ...]], Answer] = {}
         # id(identity) -> (identity, its "accepted" trace entry); the entry keeps the id from being reused
         self.accepted: dict[int, tuple[Identity, TraceEntry]] = {}
         # id(identity) -> identity_headers' checks of it (the entry holds the identity)
@@ -193,7 +195,7 @@ class _Run:
         self.edited = False  # _edge_headers ran (before the cache lookup, or when routing)
         self.query = req.query  # the query forwarded and keyed: without `_method` when overrides are stripped
         # match_request's arguments after match, once the class is known (see _classify)
-        self.facts: tuple = ()
+        self.facts: tuple[Any, ...] = ()
 
     def note(self, phase: TracePhase, rule: str, outcome: str, detail: str = "", source: str = "") -> None:
         # tuple.__new__ directly: the named tuple's own __new__ is a Python-level call, for every note
@@ -612,7 +614,7 @@ def client_reason(reason: str, scheme_key: str | None) -> str:
     return CLIENT_AUTH_REASONS.get(scheme_key or "", "invalid_credentials")
 
 
-def _known_bearer(run: _Run, auth, schemes: tuple[str, ...], values: list[str]) -> Identity | None:
+def _known_bearer(run: _Run, auth: Auth, schemes: tuple[str, ...], values: list[str]) -> Identity | None:
     """The fast path for the common case, a `Bearer` token the verifier accepted before: one hash lookup.
 
     Equivalent to the full path: a cached token passed `parse_authorization` (token68 characters, length)
@@ -626,7 +628,7 @@ def _known_bearer(run: _Run, auth, schemes: tuple[str, ...], values: list[str]) 
     return _verifier(run, auth.jwt).cached(value[7:])
 
 
-def _accepted(run: _Run, auth, identity: Identity) -> None:
+def _accepted(run: _Run, auth: Auth, identity: Identity) -> None:
     ctx = run.ctx
     ctx.identity = identity
     ctx.auth_outcome = identity.method
@@ -719,7 +721,7 @@ async def _rate_limit(run: _Run, limits: list[tuple[RateLimitRule, str, int, flo
     return None
 
 
-def _cache_rule(run: _Run):
+def _cache_rule(run: _Run) -> CacheRule | None:
     cache = run.policy.cache
     if cache is None:
         return None
@@ -1027,7 +1029,7 @@ def response_headers(
     return HeaderEdits(tuple(to_remove), tuple(to_add), tuple(to_set))
 
 
-def _rate_limit_headers(result) -> list[tuple[str, str]]:
+def _rate_limit_headers(result: RateLimitResult) -> list[tuple[str, str]]:
     return [
         ("RateLimit-Limit", str(result.limit)),
         ("RateLimit-Remaining", str(result.remaining)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from typing import Any
 
 from edgerules.engine.values import HeaderView
 from edgerules.model import Geo
@@ -85,7 +86,7 @@ def _maxmind_lookup(path: str, client_ip: str) -> tuple[str, float | None, float
 
 
 @functools.lru_cache(maxsize=4)
-def _maxmind_reader(path: str):
+def _maxmind_reader(path: str) -> Any:
     """The optional `maxminddb` package reads GeoIP2/GeoLite2 .mmdb files; without it the default applies."""
     try:
         import maxminddb  # type: ignore[import-not-found]

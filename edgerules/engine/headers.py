@@ -107,7 +107,9 @@ class HeaderEdits:
             self.remove, self.add, tuple((n, v) for n, v in self.set if n.lower() not in names)
         )
 
-    def apply(self, fields: Iterable[tuple[Any, Any]], encode: Callable[[str], Any] | None = None) -> list:
+    def apply(
+        self, fields: Iterable[tuple[Any, Any]], encode: Callable[[str], Any] | None = None
+    ) -> list[tuple[Any, Any]]:
         """The edited fields. `encode` turns the edits' str names and values into the fields' type (bytes
         fields: `encode=lambda s: s.encode("utf-8", "surrogateescape")`)."""
         remove: Iterable[Any] = self.remove

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from edgerules.engine.headers import HeaderEdits
-from edgerules.headerview import HeaderView
+from edgerules.headerview import HeaderView as HeaderView  # re-exported: the engine's header type
 from edgerules.kinds import AnswerKind, TracePhase
 
 
