@@ -594,8 +594,8 @@ async def simulate(
         done, tries = Done(decision, relay=True), [(step, event)]
     else:
         done, tries = await drive(policy, decision, request.method, send, lambda: now)
-    if done.freshen is not None:
-        ctx = done.decision.context
+    ctx = done.decision.context
+    if done.freshen is not None and ctx.cache_rule is not None and ctx.cache_lookup is not None:
         await state.cache.write_revalidated(ctx.cache_rule, ctx.cache_lookup, done.freshen)
     origin = None
     if done.relay:

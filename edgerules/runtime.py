@@ -480,8 +480,9 @@ class EdgeRuntime:
 
     async def _freshen(self, done: Done) -> None:
         """Write back the stored entry a 304 freshened (the engine decided; this is the store write)."""
-        assert self.state is not None and done.freshen is not None
         ctx = done.decision.context
+        assert self.state is not None and done.freshen is not None
+        assert ctx.cache_rule is not None and ctx.cache_lookup is not None  # freshen comes only from a lookup
         await self.state.cache.write_revalidated(ctx.cache_rule, ctx.cache_lookup, done.freshen)
 
     def finish(self, exchange: Exchange, status: int, headers: Sequence[tuple[str, str]]) -> HeaderEdits:

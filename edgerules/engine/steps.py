@@ -107,6 +107,8 @@ def next_step(policy: Policy, decision: Decision, step: Try, event: OriginEvent,
     ctx = decision.context
     if event.status == 304 and not step.unconditional and _made_conditional(decision):
         lookup, rule = ctx.cache_lookup, ctx.cache_rule
+        # _made_conditional: a stored entry was looked up under a cache rule
+        assert lookup is not None and lookup.entry is not None and rule is not None
         merged = merge_304(
             lookup.entry, event.headers, request_time=event.sent_at, response_time=event.received_at
         )
@@ -171,6 +173,7 @@ def _from_entry(
     if target is not None:
         changes.update(region=target.region, routing_priority=target.priority)
     ctx = dataclasses.replace(ctx, **changes)
+    assert ctx.cache_rule is not None  # a stored entry answers only under the rule it was stored with
     note = TraceEntry("cache", ctx.cache_rule.name, status, f"{answer.status} from the stored entry")
     trace = (*decision.trace, *notes, note)
     return Done(Decision(answer, ctx, trace, decision.request), relay=False, freshen=freshen)

@@ -9,9 +9,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from edgerules.engine.headers import HeaderEdits
+
+if TYPE_CHECKING:
+    from edgerules.auth.identity import Identity
+    from edgerules.cache import Lookup
+    from edgerules.httpcache import CacheRule
+    from edgerules.model import CorsRule
+    from edgerules.ratelimit import RateLimitResult
+
 from edgerules.headerview import HeaderView as HeaderView  # re-exported: the engine's header type
 from edgerules.kinds import AnswerKind, TracePhase
 
@@ -132,25 +140,27 @@ class Context:
     lon: float | None = None
     request_class: str | None = None
     priority: str | None = None
-    identity: Any = None  # edgerules.auth.jwt.Identity
+    identity: Identity | None = None
     auth_outcome: str = "none"  # "public" | "jwt" | "api_key" | "failed:<reason>" | "none"
-    rate_limits: list[Any] = field(default_factory=list)  # RateLimitResult, per rule applied
+    rate_limits: list[RateLimitResult] = field(default_factory=list)  # per rule applied
     rate_limited_by: str | None = None  # name of the rule that refused the request
     region: str | None = None
     routing_priority: str | None = None
     degraded: bool = False
-    cors_rule: Any = None  # model.CorsRule matched for this path
+    cors_rule: CorsRule | None = None  # matched for this path
     origin: str | None = None
-    cache_rule: Any = None  # httpcache.CacheRule
+    cache_rule: CacheRule | None = None
     cache_key: str | None = None
     cache_status: str | None = None  # HIT/MISS/BYPASS/...
     cache_reason: str = ""
     # cache.Lookup of a stored entry that was not fresh: what a 304 from the origin freshens and what
     # stale-if-error serves when the origin fails
-    cache_lookup: Any = None
-    cache_revalidate: Any = None  # Forward: the background revalidation a STALE answer (RFC 5861) schedules
+    cache_lookup: Lookup | None = None
+    cache_revalidate: Forward | None = (
+        None  #: the background revalidation a STALE answer (RFC 5861) schedules
+    )
     # HeaderView: the request headers as forwarded (the edge's edits applied), what the cache's Vary compares
-    cache_request_headers: Any = None
+    cache_request_headers: HeaderView | None = None
     error: str | None = None
 
 
