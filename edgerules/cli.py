@@ -161,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgerules",
         description="A declarative rules engine for mitmproxy: validate and test YAML policies.",
+        epilog="exit codes: 0 ok; 1 invalid policy/test file/input (file:line:col), failed test, changes with "
+        "--fail-on-change, store or edge unreachable (mitmdump and serve also exit 1 on an invalid policy); "
+        "2 usage error or nothing to work on; 3 internal error (a bug; EDGERULES_DEBUG=1 shows the traceback). "
+        'Start with: edgerules init NAME. Run the addon from the installed package: mitmdump -s "$(edgerules '
+        'addon-path)" --set edgerules_policy=FILE',
     )
     parser.add_argument("--version", action="version", version=f"edgerules {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
