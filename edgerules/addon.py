@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.net.http import status_codes
+from mitmproxy.net.http import http1, status_codes
 
 from edgerules.admin import handle_admin, refusal_at_head
 from edgerules.diagnostics import PolicyError
@@ -23,7 +23,19 @@ from edgerules.engine.values import Answer, EdgeRequest, Forward
 from edgerules.flowconv import edge_request
 from edgerules.flowview import ERROR_MARK, META, decision_data, internal_error_data, summary
 from edgerules.gctuning import freeze_startup_objects
-from edgerules.guard import answer_and_close, closes_unread, pending_body, raw_response, wrap_http_layer
+from edgerules.guard import (
+    ClientLimits,
+    StreamBudget,
+    answer_and_close,
+    closes_unread,
+    limit_buffered_body,
+    over_connection_cap,
+    pending_body,
+    raw_response,
+    sweep,
+    wrap_http_layer,
+)
+from edgerules.lograte import RateLimitedWarning
 from edgerules.mitmprivate import fast_response
 from edgerules.policy import load_policy_file
 from edgerules.runtime import EdgeRuntime, Exchange
@@ -35,6 +47,33 @@ log = logging.getLogger("edgerules")
 DEFAULT_MAX_HEAD_BYTES = 65536
 OPTIONS = frozenset({"edgerules_policy", "edgerules_env", "edgerules_reload_interval"})
 STARTUP_WAIT = 30.0  # seconds a request waits for the runtime to start (store, prober) before a 503
+
+# Client timeouts and the connection cap: (option, default, help). Seconds as strings (mitmproxy options have
+# no float type); 0 switches one off. docs/operations.md explains how they relate to LimitNOFILE.
+CLIENT_LIMIT_OPTIONS = (
+    (
+        "edgerules_head_timeout",
+        "10",
+        "Seconds a client has for a complete request head, from its connection (or its previous response); "
+        "then 408 and the connection is closed.",
+    ),
+    (
+        "edgerules_keepalive_timeout",
+        "60",
+        "Seconds an idle keep-alive connection (no byte of a next request) is kept open.",
+    ),
+    (
+        "edgerules_body_timeout",
+        "60",
+        "Seconds a client has to send a request body the edge reads whole, from the end of its head; then 408 "
+        "and the connection is closed (streamed bodies are not limited in time).",
+    ),
+    (
+        "edgerules_max_connections",
+        "10000",
+        "Most client connections at once; further ones are closed as soon as they are accepted.",
+    ),
+)
 LIVE_LIMIT = 100_000  # flows in flight the addon remembers at most (a flow that never ends must not leak)
 
 
@@ -47,6 +86,7 @@ class Live:
     request: EdgeRequest | None = None
     headers_done: bool = False  # the policy's response headers are on flow.response
     origin: str | None = None  # scheme://host:port of the origin that answered
+    cut: bool = False  # a streamed body cut at its limit: the errors that follow are ours, not the origin's
 
 
 def _response(status: int, headers, body: bytes) -> http.Response:
@@ -91,6 +131,9 @@ class EdgeRules:
         self._retired: list[EdgeRuntime] = []  # replaced runtimes not stopped yet
         self.flow_details = True  # edgerules_flow_details
         self.live: dict[str, Live] = {}  # flow.id -> state; dropped when the flow ends (response, error)
+        self.limits = ClientLimits()
+        self._refused = RateLimitedWarning(log, interval=10.0)
+        self._sweeper: asyncio.Task | None = None
 
     def load(self, loader) -> None:
         loader.add_option("edgerules_policy", str, "", "Path of the edgerules policy file (YAML).")
@@ -121,6 +164,9 @@ class EdgeRules:
             "answered 431 and the connection closed. 0: no limit.",
         )
 
+        for name, default, text in CLIENT_LIMIT_OPTIONS:
+            loader.add_option(name, str, default, text)
+
     def next_layer(self, nextlayer) -> None:
         if nextlayer.layer is None:
             # mitmdump runs script addons before its layer chooser: let it choose now, then wrap its choice
@@ -134,7 +180,37 @@ class EdgeRules:
         answer = error_answer(runtime.policy if runtime is not None else None, "headers_too_large")
         return raw_response(answer.status, answer.headers, answer.body)
 
+    def client_connected(self, client) -> None:
+        if over_connection_cap(self.limits):
+            client.error = "too many client connections"  # mitmproxy closes it before reading anything
+            self._refused.warn(
+                "edgerules: client connection refused: %d open (edgerules_max_connections)",
+                self.limits.max_connections,
+            )
+            runtime = self.runtime
+            if runtime is not None and runtime.metrics is not None:
+                runtime.metrics.prometheus.connection_refused()
+
+    async def _sweep_clients(self) -> None:
+        """Every half of the shortest client timeout (0.2-1 s): close connections past theirs."""
+        while True:
+            limits = self.limits
+            timeouts = [
+                t for t in (limits.head_timeout, limits.keepalive_timeout, limits.body_timeout) if t > 0
+            ]
+            await asyncio.sleep(min(1.0, max(0.2, min(timeouts, default=2.0) / 2)))
+            try:
+                closed = sweep(limits)
+            except Exception:
+                log.exception("edgerules: client sweep failed")
+                continue
+            runtime = self.runtime
+            if runtime is not None and runtime.metrics is not None:
+                runtime.metrics.prometheus.client_sweep(closed)
+
     def configure(self, updated: set[str]) -> None:
+        if {name for name, _, _ in CLIENT_LIMIT_OPTIONS} & updated:
+            self.limits = _client_limits()
         """Parse and compile only: the policy is swapped in through the runtime's install step (the one hot
         reload takes); the store and background tasks start in `running`. An invalid value raises OptionsError,
         so mitmproxy keeps the previous value and the edge keeps serving the previous policy."""
@@ -190,6 +266,8 @@ class EdgeRules:
         # what the client asked for); the edge sets the upstream Host itself (`routing.host_rewrite`).
         if "keep_host_header" in ctx.options and not ctx.options.keep_host_header:  # proxyserver's option
             ctx.options.keep_host_header = True
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_clients())
         if self.runtime is not None:
             await self.runtime.start()
             freeze_startup_objects()  # mitmdump's long-lived objects too: shorter GC pauses, lower p99
@@ -197,6 +275,9 @@ class EdgeRules:
     async def done(self) -> None:
         """Stop what `running` (or an option change) started, once."""
         self._running = False  # from here on an option change starts nothing
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         replacing = list(self._tasks)
         if replacing:
             await asyncio.gather(*replacing, return_exceptions=True)
@@ -256,6 +337,7 @@ class EdgeRules:
             _mark_error(flow, {**internal_error_data(), "error": "no_policy", "status": 503})
             return
         req = _edge_request(flow)
+        limit_buffered_body(flow, None, self._too_large_bytes, self._body_cut)  # until decided below
         if runtime.is_admin_path(req.path):
             self._remember(flow, Live(None, req))
             refusal = refusal_at_head(runtime, req.client_ip, req.headers, pending_body(flow.request))
@@ -285,6 +367,24 @@ class EdgeRules:
                 flow.response = response
         elif outcome.stream:
             self._forward_natively(flow, outcome, req.websocket)
+        elif pending_body(flow.request) is not None:
+            # read whole by mitmproxy before the `request` hook: never more than the limit of it
+            limit_buffered_body(flow, runtime.body_limit(exchange), self._too_large_bytes, self._body_cut)
+
+    def _too_large_bytes(self) -> bytes:
+        response = self._too_large()
+        response.headers["Connection"] = "close"
+        return http1.assemble_response(response)
+
+    def _body_cut(self, flow: http.HTTPFlow) -> None:
+        """A buffered body went over its limit while being read: the guard answered 413 and closes."""
+        live = self.live.pop(flow.id, None)
+        runtime = self.runtime
+        if runtime is None or live is None or live.exchange is None or live.request is None:
+            return
+        live.exchange.decision.context.error = "payload_too_large"
+        runtime.record(live.exchange, live.request, 413)
+        self._describe(flow, live)
 
     def _remember(self, flow: http.HTTPFlow, live: Live) -> None:
         table = self.live
@@ -314,7 +414,41 @@ class EdgeRules:
                 encode=_bytes,
             )
         )
-        request.stream = True
+        limit = self.runtime.body_limit(live.exchange) if live is not None and live.exchange else None
+        if websocket or limit is None:
+            request.stream = True
+        else:
+            request.stream = StreamBudget(flow, limit, self._too_large, self._stream_cut)
+
+    def _too_large(self) -> http.Response:
+        runtime = self.runtime
+        answer = error_answer(runtime.policy if runtime is not None else None, "payload_too_large")
+        return _response(answer.status, answer.headers, answer.body)
+
+    def _stream_cut(self, flow: http.HTTPFlow, seen: int, answered: bool) -> None:
+        live = self.live.get(flow.id)
+        if live is not None:
+            live.cut = True
+        runtime = self.runtime
+        path = live.request.path if live is not None and live.request is not None else flow.request.path
+        log.warning(
+            "edgerules: streamed request body cut at %d bytes (over its limit) for %s %s from %s: %s",
+            seen,
+            flow.request.method,
+            path,
+            flow.client_conn.peername[0] if flow.client_conn.peername else "?",
+            "413 sent, origin connection closed" if answered else "client and origin connections closed",
+        )
+        if runtime is not None and runtime.metrics is not None:
+            runtime.metrics.prometheus.stream_cut(answered)
+        if (
+            runtime is not None
+            and live is not None
+            and live.exchange is not None
+            and live.request is not None
+        ):
+            live.exchange.decision.context.error = "payload_too_large"
+            runtime.record(live.exchange, live.request, 413)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         try:
@@ -467,7 +601,7 @@ class EdgeRules:
         # Only streams and WebSockets reach the origin through mitmproxy. For any other flow the addon calls the
         # origin itself, so an error here is the client's (a malformed or aborted request): counting it would
         # let any client eject a healthy region with three bad requests.
-        if isinstance(outcome, Forward) and outcome.stream:
+        if isinstance(outcome, Forward) and outcome.stream and not live.cut:
             runtime.native_failure(exchange, str(flow.error) if flow.error else "error")
         self._describe(flow, live)
 
@@ -513,6 +647,21 @@ def _show_origin(flow: http.HTTPFlow, live: Live | None, forward: Forward, regio
             if live is not None:
                 live.origin = f"{target.scheme}://{target.host}:{target.port}"
             return
+
+
+def _client_limits() -> ClientLimits:
+    values = {}
+    for name, _, _ in CLIENT_LIMIT_OPTIONS:
+        text = str(getattr(ctx.options, name)).strip()
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value < float("inf"):
+            raise exceptions.OptionsError(f"{name} must be a number >= 0 (0: off), got {text!r}")
+        values[name.removeprefix("edgerules_")] = value
+    values["max_connections"] = int(values["max_connections"])
+    return ClientLimits(**values)
 
 
 def _reload_interval() -> float:

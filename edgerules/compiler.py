@@ -363,7 +363,11 @@ def _classify(ctx: _Ctx, raw: Mapping[str, Any]) -> model.Classify:
         src = ctx.source(f"/classify/classes/{i}")
         classes.append(
             model.RequestClass(
-                str(c["name"]), compile_match(c.get("match"), src), bool(c.get("stream", False)), src
+                str(c["name"]),
+                compile_match(c.get("match"), src),
+                bool(c.get("stream", False)),
+                src,
+                _size(c.get("max_body_size")),
             )
         )
     priorities = []

@@ -147,6 +147,7 @@ class RequestClass:
     match: Match
     stream: bool
     source: str
+    max_body_size: int | None = None  # None: validation.max_body_size applies
 
 
 @dataclass(frozen=True, slots=True)

@@ -375,6 +375,26 @@ class EdgeMetrics:
             "edgerules_policy_watch_failures_total",
             "Checks of the policy files that failed (not a regular file, a stalled file system); retried.",
         )
+        self.streams_cut = r.counter(
+            "edgerules_streams_cut_total",
+            "Streamed request bodies cut at their size limit, by whether the client still got a 413 (else both "
+            "connections were closed).",
+            ("answered",),
+            allowed={"answered": ["true", "false"]},
+        )
+        self.client_connections = r.gauge(
+            "edgerules_client_connections", "Client connections open at the last sweep (about once a second)."
+        )
+        self.client_timeouts = r.counter(
+            "edgerules_client_timeouts_total",
+            "Client connections closed by a client timeout, by phase (head: 408, idle keep-alive, body: 408).",
+            ("phase",),
+            allowed={"phase": ["head", "idle", "body"]},
+        )
+        self.connections_refused = r.counter(
+            "edgerules_connections_refused_total",
+            "Client connections closed at once because edgerules_max_connections were open.",
+        )
         self.metrics_dropped = r.counter(
             "edgerules_metrics_dropped_total",
             "Raw request records dropped because the metrics buffer was full (rollup counts are kept).",
@@ -425,6 +445,18 @@ class EdgeMetrics:
 
     def policy_watch_failed(self) -> None:
         self.policy_watch_failures.inc()
+
+    def stream_cut(self, answered: bool) -> None:
+        self.streams_cut.inc(answered="true" if answered else "false")
+
+    def connection_refused(self) -> None:
+        self.connections_refused.inc()
+
+    def client_sweep(self, closed: dict[str, int]) -> None:
+        self.client_connections.set(float(closed.get("connections", 0)))
+        for phase in ("head", "idle", "body"):
+            if closed.get(phase):
+                self.client_timeouts.inc(closed[phase], phase=phase)
 
     def dropped(self, n: int = 1) -> None:
         self.metrics_dropped.inc(n)

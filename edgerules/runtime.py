@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from edgerules.cache import RevalidationGate
 from edgerules.diagnostics import PolicyError
-from edgerules.engine.core import PreparedPolicy, decide, prepare, response_headers
+from edgerules.engine.core import PreparedPolicy, body_limit, decide, prepare, response_headers
 from edgerules.engine.errors import error_answer
 from edgerules.engine.headers import NO_EDITS, HeaderEdits, forwarded_request_fields
 from edgerules.engine.state import EngineState
@@ -407,6 +407,12 @@ class EdgeRuntime:
         exchange.decision = refused
         assert isinstance(refused.outcome, Answer)
         return refused.outcome
+
+    def body_limit(self, exchange: Exchange) -> int | None:
+        """The body limit of this request (its class's own, else `validation.max_body_size`)."""
+        if exchange.policy is None:
+            return None
+        return body_limit(exchange.policy, exchange.decision.context.request_class)
 
     async def forward(
         self, exchange: Exchange, method: str, original_headers: Sequence[tuple[str, str]], body: bytes

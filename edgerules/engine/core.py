@@ -456,16 +456,26 @@ def _validate(run: _Run) -> Decision | None:
                 f"{content_type!r} is not one of {', '.join(allowed_types)}",
                 v.source,
             )
-    if v.max_body_size is not None:
+    limit = body_limit(run.policy, run.ctx.request_class)
+    if limit is not None:
         declared = _declared_length(req.headers)
         if declared == -1:
             return run.fail(
                 "invalid_request", "validation", "malformed Content-Length", reason="content_length"
             )
         size = req.body_size if req.body_size is not None else declared
-        if size is not None and size > v.max_body_size:
-            return run.fail("payload_too_large", "validation", f"{size} bytes > {v.max_body_size}", v.source)
+        if size is not None and size > limit:
+            return run.fail("payload_too_large", "validation", f"{size} bytes > {limit}", v.source)
     return None
+
+
+def body_limit(policy: Policy, request_class: str | None) -> int | None:
+    """The body limit that applies to a request: its class's own, else `validation.max_body_size`."""
+    if request_class is not None:
+        for rc in policy.classify.classes:  # a handful: no index needed
+            if rc.name == request_class and rc.max_body_size is not None:
+                return rc.max_body_size
+    return policy.validation.max_body_size
 
 
 # Headers and the query parameter frameworks (Rack, Laravel, Express, ASP.NET, Symfony) read as "the real

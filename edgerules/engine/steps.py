@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from edgerules.engine.core import answer_from_entry
+from edgerules.engine.core import answer_from_entry, body_limit
 from edgerules.engine.errors import error_answer
 from edgerules.engine.headers import HeaderEdits
 from edgerules.engine.values import Answer, Decision, Forward, Target, TraceEntry
@@ -182,7 +182,7 @@ def _from_entry(
 def body_received(policy: Policy, decision: Decision, size: int) -> Decision | None:
     """The request body, once read, against the policy's limit (the declared length may lie or be absent):
     a new decision answering 413, or None when it fits."""
-    limit = policy.validation.max_body_size
+    limit = body_limit(policy, decision.context.request_class)  # its class's own, else validation's
     if limit is None or size <= limit:
         return None
     answer = error_answer(policy, "payload_too_large")

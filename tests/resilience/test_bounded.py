@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.resilience]
 
 REGIONS = ("us-east-1", "us-west-2")
 MAX_BODY = 64 * 1024  # validation.max_body_size in this file's policy
+AUDIO_MAX_BODY = 16 * 1024  # the audio-stream class's own limit
 ADMIN_TOKEN = "bounded-admin-token-0123456789"
 
 
@@ -41,6 +42,14 @@ class Edge:
             for origin in self.origins.values()
             for path, n in origin.stats()["paths"].items()
             if fragment in path
+        )
+
+    def seen(self, m: str) -> bool:
+        """Did any origin log a request whose path or query carries `m`?"""
+        return any(
+            m in entry["path"] or m in entry["query"]
+            for origin in self.origins.values()
+            for entry in origin.stats()["log"]
         )
 
 
@@ -65,6 +74,12 @@ def edge(request, origins, tmp_path_factory) -> Iterator[Edge]:
             "admin": {"token": "${env:EDGERULES_ADMIN_TOKEN}", "allow_cidrs": []},
         },
     )
+    # the audio class gets a smaller limit of its own (classify.classes[].max_body_size)
+    data = json.loads(policy.read_text())
+    for cls in data["classify"]["classes"]:
+        if cls["name"] == "audio-stream":
+            cls["max_body_size"] = AUDIO_MAX_BODY
+    policy.write_text(json.dumps(data, indent=1))
     proxy = start_edge_process(
         policy, environ={**ENV, "EDGERULES_ADMIN_TOKEN": ADMIN_TOKEN}, serve=request.param == "serve"
     )
@@ -196,3 +211,238 @@ def test_endless_request_head_is_431_and_closed_before_it_is_buffered(edge):
     assert [status for status, _ in responses(bytes(received))] == [431], bytes(received[:300])
     assert sent < 8 * 1024 * 1024, "the proxy kept reading a head far past its limit"
     assert edge.hits("endless") == 0
+
+
+# ------------------------------------------------------------------------------------ streams are counted
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _stream_head(m: str) -> bytes:
+    return (
+        f"POST /voice/stream?m={m} HTTP/1.1\r\n".encode()
+        + base_headers()
+        + b"Content-Type: audio/wav\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+
+
+def _metric(edge: Edge, name: str) -> float:
+    r = http("GET", f"{edge.proxy.url}/__edgerules/metrics", {"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert r.status == 200
+    total = 0.0
+    for line in r.body.decode().splitlines():
+        if line.startswith(name):
+            total += float(line.split()[-1])
+    return total
+
+
+def test_declared_stream_upload_over_its_class_limit_is_413(edge):
+    """The audio class's own limit (16 KiB) applies to it, not validation.max_body_size (64 KiB); a body that
+    small is read (and dropped) rather than the connection closed."""
+    m = marker()
+    head = _stream_head(m).replace(
+        b"Transfer-Encoding: chunked", f"Content-Length: {AUDIO_MAX_BODY + 1}".encode()
+    )
+    received, _ = head_only(edge, head + b"a" * (AUDIO_MAX_BODY + 1), timeout=3)
+    assert [status for status, _ in responses(received)] == [413], received[:300]
+    assert not edge.seen(m)
+
+
+def test_streamed_upload_over_the_limit_before_anything_was_forwarded_is_413(edge):
+    """The first chunk alone is over the limit: nothing of the body went to the origin, so the client gets a
+    clean 413 and the connection is closed."""
+    m = marker()
+    received, closed = head_only(edge, _stream_head(m) + _chunk(b"a" * (AUDIO_MAX_BODY + 4096)))
+    assert [status for status, _ in responses(received)] == [413], received[:300]
+    assert closed
+
+
+def test_streamed_upload_several_times_the_limit_is_cut(edge):
+    """A chunked upload to a streamed path of 20x its class's limit, 4 KiB at a time: the edge counts the bytes as
+    they pass and, once past the limit, closes both sides. The origin never gets the whole body; the cut is
+    counted."""
+    m = marker()
+    before = _metric(edge, "edgerules_streams_cut_total")
+    total = 20 * AUDIO_MAX_BODY
+    sent = 0
+    received = bytearray()
+    with socket.create_connection((edge.proxy.host, edge.proxy.port), timeout=10) as sock:
+        try:
+            sock.sendall(_stream_head(m))
+            while sent < total:
+                sock.sendall(_chunk(b"b" * 4096))
+                sent += 4096
+                time.sleep(0.002)
+            sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        sock.settimeout(10)
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+    statuses = [status for status, _ in responses(bytes(received))]
+    assert 200 not in statuses, received[:300]
+    assert statuses in ([], [413]), statuses
+    assert _metric(edge, "edgerules_streams_cut_total") >= before + 1
+
+
+def test_chunked_upload_to_a_buffered_path_is_cut_at_the_limit_not_buffered_whole(edge):
+    """Chunked (no declared size) to a path whose body the edge reads whole: once the bytes read pass the limit
+    the client gets 413 and the connection is closed; the proxy stops reading long before the 8 MiB sent."""
+    m = marker()
+    head = (
+        f"POST /api/v1/calls/{m} HTTP/1.1\r\n".encode()
+        + base_headers()
+        + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    received = bytearray()
+    sent = 0
+    with socket.create_connection((edge.proxy.host, edge.proxy.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.sendall(head)
+        sock.settimeout(0.5)
+        try:
+            while sent < 8 * 1024 * 1024:
+                sock.sendall(_chunk(b"c" * 16384))
+                sent += 16384
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass
+        sock.settimeout(10)
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+    assert [status for status, _ in responses(bytes(received))] == [413], received[:300]
+    assert not edge.seen(m)
+
+
+# ----------------------------------------------------------------------------- client timeouts and the cap
+
+TIGHT = {"edgerules_head_timeout": "1", "edgerules_keepalive_timeout": "1", "edgerules_body_timeout": "1"}
+CAPPED = {"edgerules_max_connections": "40"}
+
+
+def _edge_with(request, origins, tmp_path_factory, options) -> Iterator[Edge]:
+    tmp = tmp_path_factory.mktemp(f"options-{request.param}")
+    policy = write_policy(
+        tmp,
+        {name: o.port for name, o in origins.items()},
+        {"admin": {"token": "${env:EDGERULES_ADMIN_TOKEN}", "allow_cidrs": []}},
+    )
+    proxy = start_edge_process(
+        policy,
+        environ={**ENV, "EDGERULES_ADMIN_TOKEN": ADMIN_TOKEN},
+        serve=request.param == "serve",
+        options=options,
+    )
+    try:
+        yield Edge(proxy, origins, policy)
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(scope="module", params=["mitmdump", "serve"])
+def tight(request, origins, tmp_path_factory) -> Iterator[Edge]:
+    """An edge with one-second client timeouts."""
+    yield from _edge_with(request, origins, tmp_path_factory, TIGHT)
+
+
+@pytest.fixture(scope="module", params=["mitmdump", "serve"])
+def capped(request, origins, tmp_path_factory) -> Iterator[Edge]:
+    """An edge with room for 40 client connections (default timeouts)."""
+    yield from _edge_with(request, origins, tmp_path_factory, CAPPED)
+
+
+def _wait_closed(sock: socket.socket, timeout: float = 8.0) -> tuple[bytes, float]:
+    """Read until the proxy closes; (what came, seconds it took). Fails if it is still open after `timeout`."""
+    started = time.monotonic()
+    received = bytearray()
+    sock.settimeout(timeout)
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        pytest.fail(f"the connection was still open after {timeout}s; got {bytes(received[:200])!r}")
+    return bytes(received), time.monotonic() - started
+
+
+def test_a_request_head_that_never_completes_gets_408(tight):
+    with socket.create_connection((tight.proxy.host, tight.proxy.port), timeout=10) as sock:
+        sock.sendall(b"GET /api/v1/calls/slow HTTP/1.1\r\nHost: edge\r\nX-Slow: ")
+        received, _ = _wait_closed(sock)
+    assert [status for status, _ in responses(received)] == [408], received[:300]
+
+
+def test_a_silent_connection_is_closed(tight):
+    with socket.create_connection((tight.proxy.host, tight.proxy.port), timeout=10) as sock:
+        received, _ = _wait_closed(sock)
+    assert received == b""
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_a_request(tight):
+    with socket.create_connection((tight.proxy.host, tight.proxy.port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /__edgerules/health HTTP/1.1\r\nHost: edge\r\n"
+            + f"Authorization: Bearer {ADMIN_TOKEN}\r\n\r\n".encode()
+        )
+        received, _ = _wait_closed(sock)
+    assert [status for status, _ in responses(received)] == [200], received[:300]
+
+
+def test_a_body_that_stops_arriving_gets_408(tight):
+    m = marker()
+    with socket.create_connection((tight.proxy.host, tight.proxy.port), timeout=10) as sock:
+        sock.sendall(
+            f"POST /api/v1/calls/{m} HTTP/1.1\r\n".encode()
+            + base_headers()
+            + b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"a": '
+        )
+        received, _ = _wait_closed(sock)
+    assert [status for status, _ in responses(received)] == [408], received[:300]
+    assert not tight.seen(m)
+
+
+def test_connections_over_the_cap_are_refused_and_the_admitted_still_served(capped):
+    """40 admitted connections sit idle (each within its timeout, renewed); more are refused at once; one of
+    the admitted ones still gets its answer."""
+    admitted: list[socket.socket] = []
+    try:
+        for _ in range(40):
+            admitted.append(socket.create_connection((capped.proxy.host, capped.proxy.port), timeout=10))
+        time.sleep(0.3)
+        refused = 0
+        for _ in range(10):
+            with socket.create_connection((capped.proxy.host, capped.proxy.port), timeout=10) as extra:
+                extra.settimeout(3)
+                try:
+                    if extra.recv(1) == b"":
+                        refused += 1
+                except ConnectionResetError:
+                    refused += 1
+                except TimeoutError:
+                    pass
+        assert refused == 10
+        sock = admitted[0]
+        sock.sendall(
+            b"GET /__edgerules/health HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n"
+            + f"Authorization: Bearer {ADMIN_TOKEN}\r\n\r\n".encode()
+        )
+        received, _ = _wait_closed(sock)
+        assert [status for status, _ in responses(received)] == [200], received[:300]
+    finally:
+        for sock in admitted:
+            sock.close()
+    # once they are gone, new clients are admitted again
+    deadline = time.monotonic() + 10
+    while True:
+        r = http("GET", f"{capped.proxy.url}/__edgerules/health", {"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        if r.status == 200 or time.monotonic() > deadline:
+            break
+    assert r.status == 200
