@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net.http import http1, status_codes
+from mitmproxy.utils import human
 
 from edgerules.admin import handle_admin, refusal_at_head
 from edgerules.diagnostics import PolicyError
@@ -39,6 +40,7 @@ from edgerules.lograte import RateLimitedWarning
 from edgerules.mitmprivate import fast_response
 from edgerules.policy import load_policy_file
 from edgerules.runtime import EdgeRuntime, Exchange
+from edgerules.upstream import DEFAULT_MAX_BODY_BYTES
 
 log = logging.getLogger("edgerules")
 
@@ -132,6 +134,7 @@ class EdgeRules:
         self.flow_details = True  # edgerules_flow_details
         self.live: dict[str, Live] = {}  # flow.id -> state; dropped when the flow ends (response, error)
         self.limits = ClientLimits()
+        self.origin_cap = DEFAULT_MAX_BODY_BYTES
         self._refused = RateLimitedWarning(log, interval=10.0)
         self._sweeper: asyncio.Task | None = None
 
@@ -166,6 +169,13 @@ class EdgeRules:
 
         for name, default, text in CLIENT_LIMIT_OPTIONS:
             loader.add_option(name, str, default, text)
+        loader.add_option(
+            "edgerules_max_origin_body",
+            str,
+            "64m",
+            "Largest origin answer to a buffered request read into memory (k/m/g suffixes); a larger one is "
+            "answered 502 upstream_too_large.",
+        )
 
     def next_layer(self, nextlayer) -> None:
         if nextlayer.layer is None:
@@ -211,6 +221,10 @@ class EdgeRules:
     def configure(self, updated: set[str]) -> None:
         if {name for name, _, _ in CLIENT_LIMIT_OPTIONS} & updated:
             self.limits = _client_limits()
+        if "edgerules_max_origin_body" in updated:
+            self.origin_cap = _origin_cap()
+            if self.runtime is not None:
+                self.runtime.upstream.max_body_bytes = self.origin_cap
         """Parse and compile only: the policy is swapped in through the runtime's install step (the one hot
         reload takes); the store and background tasks start in `running`. An invalid value raises OptionsError,
         so mitmproxy keeps the previous value and the edge keeps serving the previous policy."""
@@ -246,6 +260,7 @@ class EdgeRules:
             # The first policy, or one with another store: a runtime of its own. Once mitmproxy runs, it starts
             # now and the one it replaces stops when it is up (requests wait for it, see `_runtime`).
             fresh = EdgeRuntime(path, env, reload_interval=interval)
+            fresh.upstream.max_body_bytes = self.origin_cap
             fresh.install(policy)
             self.runtime = fresh
             if self._running:
@@ -647,6 +662,17 @@ def _show_origin(flow: http.HTTPFlow, live: Live | None, forward: Forward, regio
             if live is not None:
                 live.origin = f"{target.scheme}://{target.host}:{target.port}"
             return
+
+
+def _origin_cap() -> int:
+    text = str(ctx.options.edgerules_max_origin_body).strip()
+    try:
+        size = human.parse_size(text)
+    except ValueError:
+        size = None
+    if not size or size <= 0:
+        raise exceptions.OptionsError(f"edgerules_max_origin_body must be a size like 64m, got {text!r}")
+    return size
 
 
 def _client_limits() -> ClientLimits:

@@ -44,6 +44,7 @@ ErrorKind = Literal[
     "rate_limited",
     "upstream_timeout",
     "upstream_unreachable",
+    "upstream_too_large",
     "all_regions_down",
     "auth_unavailable",
     "limits_unavailable",
@@ -73,7 +74,8 @@ TracePhase = Literal[
 ]
 
 # `UpstreamError.kind`: nothing was sent (connect), no answer in time (timeout), the origin broke the exchange.
-UpstreamFailure = Literal["connect", "timeout", "protocol"]
+# too_large: the answer's body passed the edge's cap on buffered origin bodies (`edgerules_max_origin_body`).
+UpstreamFailure = Literal["connect", "timeout", "protocol", "too_large"]
 
 # `AuthFailure.reason`: the precise reason (log, metrics, trace); a 401 tells the client only a generic one.
 AuthReason = Literal[

@@ -312,6 +312,7 @@ DEFAULT_ERRORS: dict[ErrorKind, ErrorAnswer] = {
     "rate_limited": ErrorAnswer(429, "Rate limit exceeded"),
     "upstream_timeout": ErrorAnswer(504, "Request timeout"),
     "upstream_unreachable": ErrorAnswer(502, "Upstream unreachable"),
+    "upstream_too_large": ErrorAnswer(502, "Upstream response too large"),
     "all_regions_down": ErrorAnswer(503, "Service temporarily unavailable", retry_after=30),
     "auth_unavailable": ErrorAnswer(503, "Authentication service unavailable", retry_after=5),
     "limits_unavailable": ErrorAnswer(503, "Rate limiting unavailable", retry_after=5),

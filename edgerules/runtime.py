@@ -44,7 +44,12 @@ from edgerules.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 from edgerules.workers import WorkerBoard, worker_info
 
 log = logging.getLogger("edgerules")
-_EVENTS = {"connect": "connect_error", "timeout": "timeout", "protocol": "protocol_error"}
+_EVENTS = {
+    "connect": "connect_error",
+    "timeout": "timeout",
+    "protocol": "protocol_error",
+    "too_large": "too_large",
+}
 access_log = logging.getLogger("edgerules.access")
 
 ADMIN_PREFIX = "/__edgerules/"
@@ -469,7 +474,7 @@ class EdgeRuntime:
         except UpstreamError as exc:
             if exc.kind == "connect":
                 self.health.record_connect_failure(target.region, exc.detail, passive)
-            else:
+            elif exc.kind != "too_large":  # a large answer is no sign of an unhealthy origin
                 self.health.record_failure(target.region, exc.kind, passive)
             return OriginEvent(
                 _EVENTS[exc.kind], detail=exc.detail, sent_at=sent_at, received_at=time.time()

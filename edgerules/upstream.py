@@ -30,6 +30,9 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # Content-Length: 0 even wi
 _NO_BODY_STATUSES = frozenset({204, 304})
 _HEX = b"0123456789abcdefABCDEF"
 _MAX_CHUNK_LINE = 4096
+# Buffered origin answers are read whole into memory: one larger than this is refused ("too_large", 502
+# `upstream_too_large` for the client) rather than read. `edgerules_max_origin_body` changes it.
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,10 @@ class UpstreamError(EdgeRulesError):
 
 class _ProtocolError(Exception):
     pass
+
+
+class _TooLarge(_ProtocolError):
+    """The response body passed the client's `max_body_bytes`: not read further."""
 
 
 class _DeadConnection(Exception):
@@ -91,11 +98,22 @@ class _Connection(asyncio.Protocol):
         self._remaining = 0
         self._trailer_bytes = 0
         self._parts: list[bytes | bytearray] = []
+        self._max_body = DEFAULT_MAX_BODY_BYTES
+        self._body_size = 0  # chunked and read-to-close bodies: bytes announced or read so far
 
     # ------------------------------------------------------------------------------------------ used by the client
 
-    def start(self, head: bytes, body: bytes, head_only: bool, waiter: asyncio.Future[_Result]) -> None:
+    def start(
+        self,
+        head: bytes,
+        body: bytes,
+        head_only: bool,
+        waiter: asyncio.Future[_Result],
+        max_body: int = 0,
+    ) -> None:
         self._waiter = waiter
+        self._max_body = max_body or DEFAULT_MAX_BODY_BYTES
+        self._body_size = 0
         self._state = _HEAD
         self._head_only = head_only
         self._received = False
@@ -258,6 +276,9 @@ class _Connection(asyncio.Protocol):
                 if not size or len(size) > 15 or size.lstrip(_HEX):
                     raise _ProtocolError(f"bad chunk size {bytes(size)[:20]!r}")
                 self._remaining = int(size, 16)
+                self._body_size += self._remaining
+                if self._body_size > self._max_body:
+                    raise _TooLarge(f"response body over {self._max_body} bytes")
                 self._state = _CHUNK_DATA if self._remaining else _TRAILERS
             elif state == _CHUNK_DATA:
                 if not buf:
@@ -291,6 +312,9 @@ class _Connection(asyncio.Protocol):
                     raise _ProtocolError(f"trailers over {self._max_head} bytes")
             elif state == _TO_CLOSE:
                 if buf:
+                    self._body_size += len(buf)
+                    if self._body_size > self._max_body:
+                        raise _TooLarge(f"response body over {self._max_body} bytes")
                     self._parts.append(bytes(buf))
                     buf.clear()
                 return
@@ -360,6 +384,8 @@ class _Connection(asyncio.Protocol):
             self._trailer_bytes = 0
         elif length is not None:
             self._remaining = int(length)
+            if self._remaining > self._max_body:  # refused from the head: not one byte of it is read
+                raise _TooLarge(f"response body of {self._remaining} bytes, over {self._max_body}")
             self._state = _BODY
             if not self._remaining:
                 self._complete()
@@ -383,12 +409,15 @@ class UpstreamClient:
         max_idle_per_host: int = 64,
         idle_timeout: float = 15.0,
         max_header_bytes: int = 65536,
+        max_body_bytes: int = 0,
     ) -> None:
         """`ssl_context` verifies https origins (default: `ssl.create_default_context()`, made on first use)."""
         self._ssl = ssl_context
         self._max_idle = max_idle_per_host
         self._idle_timeout = idle_timeout
         self._max_head = max_header_bytes
+        # the most of an origin's answer read into memory (0: DEFAULT_MAX_BODY_BYTES); over it: "too_large"
+        self.max_body_bytes = max_body_bytes or DEFAULT_MAX_BODY_BYTES
         self._idle: dict[_Key, deque[_Connection]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -419,7 +448,7 @@ class UpstreamClient:
             if conn is None:
                 conn = await self._connect(target, min(connect_timeout, timeout))
             waiter: asyncio.Future[_Result] = loop.create_future()
-            conn.start(head, body, method == "HEAD", waiter)
+            conn.start(head, body, method == "HEAD", waiter, self.max_body_bytes)
             timer = loop.call_at(deadline, conn.timed_out)
             try:
                 status, reason, out_headers, payload, reusable = await waiter
@@ -428,6 +457,8 @@ class UpstreamClient:
                     retried, conn = True, None
                     continue
                 raise UpstreamError("protocol", str(exc), target) from exc
+            except _TooLarge as exc:
+                raise UpstreamError("too_large", str(exc), target) from exc
             except _ProtocolError as exc:
                 raise UpstreamError("protocol", str(exc), target) from exc
             except _Timeout as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
@@ -90,9 +91,11 @@ def _watch(runtime: EdgeRuntime, seconds: float, during=None) -> dict:
         while asyncio.get_running_loop().time() < end:
             await asyncio.sleep(0.01)
             out["ticks"] += 1
-            if during is not None and out["ticks"] == 20:
-                during()
+            if during is not None and out["ticks"] in during:
+                during[out["ticks"]]()
         out["alive"] = not task.done()
+        if task.done() and not task.cancelled():
+            out["died"] = repr(task.exception())
         task.cancel()
         out["finished"] = True
 
@@ -110,28 +113,30 @@ def test_watcher_survives_a_fifo_at_the_policy_path(tmp_path):
     good = Path(path).read_text()
     os.replace(path, f"{path}.bak")
     os.mkfifo(path)
+    seen: dict = {}
+
+    def fix() -> None:
+        # what the watcher said while the FIFO was there, then a regular file with new content in its place
+        seen["failures"] = runtime.reload_status.watch_failures
+        seen["error"] = runtime.reload_status.watch_error
+        os.unlink(path)
+        Path(path).write_text(good.replace('"retries": 2', '"retries": 1'))
+
     try:
-        out = _watch(runtime, 1.0)
+        out = _watch(runtime, 2.0, during={80: fix})
     finally:
         # unblock an old-style watcher stuck opening the FIFO for reading
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-            os.close(fd)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
     assert out["finished"], "the event loop was wedged by a FIFO at the policy path"
-    assert out["ticks"] >= 50
-    assert out["alive"], "the watcher task died"
-    status = runtime.reload_status
-    assert status.watch_failures >= 1
-    assert "not a regular file" in (status.watch_error or "")
-    # fixed: a regular file with new content is picked up by the same watcher
-    os.unlink(path)
-    with open(path, "w") as handle:
-        handle.write(good.replace('"retries": 2', '"retries": 1') if '"retries": 2' in good else good + "\n")
-    out = _watch(runtime, 1.0)
-    assert out["finished"] and out["alive"]
+    assert out["ticks"] >= 100
+    assert out["alive"], out
+    assert seen["failures"] >= 1
+    assert "not a regular file" in (seen["error"] or "")
+    # fixed: the same watcher picked up the regular file
     assert runtime.reload_status.watch_error is None
+    assert runtime.reload_status.reloads == 1
+    assert runtime.policy.routing.retries == 1
 
 
 def test_watcher_survives_dev_zero_at_the_policy_path(tmp_path):

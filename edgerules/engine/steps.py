@@ -41,8 +41,14 @@ from edgerules.model import Policy
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RESPONSE, CONNECT_ERROR, TIMEOUT, PROTOCOL_ERROR = "response", "connect_error", "timeout", "protocol_error"
+TOO_LARGE = "too_large"  # the answer passed the edge's cap on buffered origin bodies: no failover
 EVENT_KINDS = (RESPONSE, CONNECT_ERROR, TIMEOUT, PROTOCOL_ERROR)
-_REASON = {CONNECT_ERROR: "connect", TIMEOUT: "timeout", PROTOCOL_ERROR: "protocol"}  # in error bodies
+_REASON = {
+    CONNECT_ERROR: "connect",
+    TIMEOUT: "timeout",
+    PROTOCOL_ERROR: "protocol",
+    TOO_LARGE: "too_large",
+}  # in error bodies
 _CONDITIONAL = frozenset({"if-none-match", "if-modified-since"})
 
 
@@ -99,7 +105,13 @@ def next_step(policy: Policy, decision: Decision, step: Try, event: OriginEvent,
         stale = _stale_if_error(decision, step, now, notes, None)
         if stale is not None:
             return stale
-        kind: ErrorKind = "upstream_timeout" if event.kind == TIMEOUT else "all_regions_down"
+        kind: ErrorKind = (
+            "upstream_timeout"
+            if event.kind == TIMEOUT
+            else "upstream_too_large"
+            if event.kind == TOO_LARGE
+            else "all_regions_down"
+        )
         ctx = dataclasses.replace(decision.context, error=kind)
         answer = error_answer(policy, kind, reason=_REASON.get(event.kind))
         return Done(Decision(answer, ctx, (*decision.trace, *notes), decision.request))

@@ -323,7 +323,12 @@ def test_chunked_upload_to_a_buffered_path_is_cut_at_the_limit_not_buffered_whol
 
 # ----------------------------------------------------------------------------- client timeouts and the cap
 
-TIGHT = {"edgerules_head_timeout": "1", "edgerules_keepalive_timeout": "1", "edgerules_body_timeout": "1"}
+TIGHT = {
+    "edgerules_head_timeout": "1",
+    "edgerules_keepalive_timeout": "1",
+    "edgerules_body_timeout": "1",
+    "edgerules_max_origin_body": "1m",
+}
 CAPPED = {"edgerules_max_connections": "40"}
 
 
@@ -446,3 +451,22 @@ def test_connections_over_the_cap_are_refused_and_the_admitted_still_served(capp
         if r.status == 200 or time.monotonic() > deadline:
             break
     assert r.status == 200
+
+
+# ---------------------------------------------------------------------------------- capped origin answers
+
+
+def test_an_origin_answer_over_the_cap_is_refused_with_its_own_error(tight):
+    """The edge reads buffered origin answers whole: one over edgerules_max_origin_body (1 MiB here) is not
+    read further; the client gets 502 `upstream_too_large` (no failover: every region would answer the same),
+    and the region is not marked down for it."""
+    headers = {"CF-IPCountry": "US", "Authorization": "Bearer " + bearer_token()}
+    big = http("GET", f"{tight.proxy.url}/api/v1/calls/big", {**headers, "X-Test-Body-Size": str(4 << 20)})
+    assert big.status == 502, big.body[:200]
+    assert big.json()["error"] == "Upstream response too large"
+    small = http(
+        "GET", f"{tight.proxy.url}/api/v1/calls/small", {**headers, "X-Test-Body-Size": str(512 << 10)}
+    )
+    assert small.status == 200
+    assert len(small.body) == 512 << 10
+    assert small.headers["X-CF-Processed-Region"] == "us-east-1"
