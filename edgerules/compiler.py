@@ -282,6 +282,10 @@ def _passive(ctx: _Ctx, raw: Mapping[str, Any]) -> model.PassiveHealth:
         failures=int(raw.get("failures", d.failures)),
         statuses=frozenset(int(s) for s in raw["statuses"]) if "statuses" in raw else d.statuses,
         ejection=_duration(raw.get("ejection"), d.ejection),
+        status_ratio=float(raw.get("status_ratio", d.status_ratio)),
+        window=_duration(raw.get("window"), d.window),
+        min_requests=int(raw.get("min_requests", d.min_requests)),
+        min_clients=int(raw.get("min_clients", d.min_clients)),
     )
 
 

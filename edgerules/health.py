@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edgerules.model import PassiveHealth
 
@@ -26,6 +27,11 @@ class RegionHealth:
     reason: str = "not probed yet"
     last_probe: float = 0.0
     forced: bool | None = None  # set by tests / `edgerules explain --down`
+    # (time, error status?, client address) of the recent answers, for the error-status ratio
+    answers: deque = field(default_factory=lambda: deque(maxlen=ANSWERS_KEPT))
+
+
+ANSWERS_KEPT = 1024  # the ratio is over at most this many recent answers per region
 
 
 class HealthRegistry:
@@ -74,7 +80,7 @@ class HealthRegistry:
                 log.warning("region %s is unhealthy: %s", region, reason)
 
     def record_failure(self, region: str, reason: str, passive: PassiveHealth) -> None:
-        """A real request failed (connect error, timeout, 5xx): eject after `passive.failures` in a row."""
+        """A real request failed in transport (timeout, reset): eject after `passive.failures` in a row."""
         state = self.state(region)
         state.passive_failures += 1
         if state.passive_failures >= passive.failures:
@@ -94,6 +100,41 @@ class HealthRegistry:
         state = self._regions.get(region)
         if state is not None and state.passive_failures:
             state.passive_failures = 0
+
+    def record_answer(self, region: str, status: int, client: str, passive: PassiveHealth) -> None:
+        """The origin answered: the transport works (the failure streak ends). An error status counts toward
+        the ratio: eject when, over `passive.window`, at least `min_requests` answers were seen, at least
+        `status_ratio` of them were errors, from at least `min_clients` distinct client addresses.
+
+        The trade-off (as in Envoy's outlier detection): a region that fails only some clients' requests, or
+        fails for a single client, stays in rotation; a region failing for everyone is ejected a few answers
+        later than with a plain consecutive count."""
+        state = self.state(region)
+        state.passive_failures = 0
+        failed = status in passive.statuses
+        answers = state.answers
+        if not failed and not answers:
+            return  # the common case: a healthy region with no recent errors keeps no history
+        now = self._now()
+        answers.append((now, failed, client))
+        horizon = now - passive.window
+        while answers and answers[0][0] < horizon:
+            answers.popleft()
+        if not any(f for _, f, _ in answers):
+            answers.clear()
+            return
+        if not failed or len(answers) < passive.min_requests:
+            return
+        errors = [c for _, f, c in answers if f]
+        if len(errors) < passive.status_ratio * len(answers) or len(set(errors)) < passive.min_clients:
+            return
+        state.ejected_until = now + passive.ejection
+        state.reason = (
+            f"ejected: {len(errors)} of {len(answers)} answers were errors (HTTP {status} last), "
+            f"from {len(set(errors))} clients"
+        )
+        answers.clear()
+        log.warning("region %s ejected for %.0fs: %s", region, passive.ejection, state.reason)
 
     def snapshot(self, regions: list[str]) -> dict[str, dict[str, object]]:
         now = self._now()

@@ -60,9 +60,18 @@ class HealthProbe:
 
 @dataclass(frozen=True, slots=True)
 class PassiveHealth:
+    """Outlier detection from real traffic (Envoy's as the model): connect errors and timeouts eject after
+    `failures` in a row; error statuses only when, over `window`, at least `min_requests` answers were seen,
+    `status_ratio` of them were errors, and the errors came from at least `min_clients` client addresses (one
+    client provoking 503s cannot eject a region for everyone)."""
+
     failures: int = 3
     statuses: frozenset[int] = frozenset({502, 503, 504})
     ejection: float = 30.0
+    status_ratio: float = 0.5
+    window: float = 30.0
+    min_requests: int = 5
+    min_clients: int = 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -431,9 +431,11 @@ class EdgeRuntime:
         forward = exchange.decision.outcome
         assert isinstance(forward, Forward)
         last: list[UpstreamResponse] = []
+        request = exchange.decision.request
+        client = request.client_ip if request is not None else ""
 
         async def send(step: Try) -> OriginEvent:
-            event, response = await self._send(policy, forward, step, original_headers, body)
+            event, response = await self._send(policy, forward, step, original_headers, body, client)
             if response is not None:
                 exchange.upstream_seconds = response.elapsed
                 last[:] = [response]
@@ -457,6 +459,7 @@ class EdgeRuntime:
         step: Try,
         original_headers: Sequence[tuple[str, str]],
         body: bytes,
+        client: str = "",
     ) -> tuple[OriginEvent, UpstreamResponse | None]:
         """One try: the request as the engine shaped it, what came back as an `OriginEvent`, passive health."""
         target, passive = step.target, policy.passive_health
@@ -479,10 +482,7 @@ class EdgeRuntime:
             return OriginEvent(
                 _EVENTS[exc.kind], detail=exc.detail, sent_at=sent_at, received_at=time.time()
             ), None
-        if response.status in passive.statuses:
-            self.health.record_failure(target.region, f"HTTP {response.status}", passive)
-        else:
-            self.health.record_success(target.region)
+        self.health.record_answer(target.region, response.status, client, passive)
         now = time.time()
         event = OriginEvent(
             RESPONSE, response.status, tuple(response.headers), "", now - response.elapsed, now
@@ -619,7 +619,7 @@ class EdgeRuntime:
         last: list[UpstreamResponse] = []
 
         async def send(step: Try) -> OriginEvent:
-            event, response = await self._send(policy, forward, step, req.headers.pairs, b"")
+            event, response = await self._send(policy, forward, step, req.headers.pairs, b"", "edge")
             if response is not None:
                 last[:] = [response]
             return event

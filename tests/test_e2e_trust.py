@@ -409,3 +409,55 @@ def test_a_webhook_secret_in_the_path_is_redacted_in_the_access_log(edge):
     assert lines, proxy.output()[offset:]
     assert secret not in proxy.output()[offset:]
     assert f"/webhooks/{marker}/[redacted]" in lines[0]
+
+
+# -- item 8: ejection damping ------------------------------------------------------------------------------
+
+
+def get_from(source: str, port: int, path: str, headers: dict[str, str]) -> int:
+    """A GET from another loopback address (127.0.0.2 is a different client to the edge)."""
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    raw = f"GET {path} HTTP/1.1\r\nHost: edge\r\n{lines}Connection: close\r\n\r\n".encode()
+    with socket.socket() as sock:
+        sock.settimeout(10)
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(raw)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return raw_status(data)
+
+
+def region_of(proxy) -> str:
+    response = http("GET", proxy.url + unique(), {"CF-IPCountry": "US", **bearer()})
+    assert response.status == 200, response.body
+    return response.headers["X-CF-Processed-Region"]
+
+
+def test_one_client_provoking_errors_does_not_eject_a_region_but_many_clients_do(strict_errors):
+    proxy, _ = strict_errors
+    provoke = {"CF-IPCountry": "US", "X-Test-Status": "503", **bearer()}
+    assert region_of(proxy) == "us-east-1"
+    for _ in range(8):
+        assert get_from("127.0.0.1", proxy.port, unique(), provoke) == 503
+    assert region_of(proxy) == "us-east-1"  # one client's 503s: still the primary
+    assert get_from("127.0.0.2", proxy.port, unique(), provoke) == 503
+    assert region_of(proxy) == "us-west-2"  # errors from two clients, over half the answers: ejected
+
+
+@pytest.fixture
+def strict_errors(tmp_path):
+    """An edge of its own (ejections must not leak into other tests), no retries: each 503 is one answer."""
+    origins = start_origins(list(REGIONS))
+    policy = write_policy(
+        tmp_path,
+        {name: origin.port for name, origin in origins.items()},
+        {"routing": {"retries": 0}, "health": {"passive": {"ejection": "30s"}}},
+    )
+    proxy = start_edge_process(policy, environ=ENV)
+    try:
+        yield proxy, origins
+    finally:
+        proxy.stop()
+        origins.stop_all()

@@ -305,3 +305,37 @@ def test_access_log_paths_redact_policy_patterns_and_the_default_can_be_switched
     assert redact_path("/calls/pin-1234/whsec_3f9aK2LmQx7Vt8Rz1Np4", config) == (
         "/calls/[redacted]/whsec_3f9aK2LmQx7Vt8Rz1Np4"
     )
+
+
+# -- item 8: ejection damping ------------------------------------------------------------------------------
+
+
+def test_error_statuses_eject_only_beyond_a_ratio_from_several_clients():
+    from edgerules.health import HealthRegistry
+    from edgerules.model import PassiveHealth
+
+    clock = [100.0]
+    health = HealthRegistry(now=lambda: clock[0])
+    passive = PassiveHealth()
+    for _ in range(20):  # one client's errors never eject
+        health.record_answer("r", 503, "203.0.113.1", passive)
+    assert health.is_healthy("r")
+    for _ in range(30):  # a second client's few errors among many good answers: under the ratio
+        health.record_answer("r", 200, "203.0.113.9", passive)
+    health.record_answer("r", 503, "203.0.113.2", passive)
+    assert health.is_healthy("r")
+    clock[0] += passive.window + 1  # the window moves on: old answers are forgotten
+    for client in ("203.0.113.1", "203.0.113.2", "203.0.113.1", "203.0.113.2", "203.0.113.3"):
+        health.record_answer("r", 502, client, passive)
+    assert not health.is_healthy("r")
+
+
+def test_timeouts_still_eject_after_consecutive_failures():
+    from edgerules.health import HealthRegistry
+    from edgerules.model import PassiveHealth
+
+    health = HealthRegistry(now=lambda: 0.0)
+    for _ in range(PassiveHealth().failures):
+        assert health.is_healthy("r")
+        health.record_failure("r", "timeout", PassiveHealth())
+    assert not health.is_healthy("r")
