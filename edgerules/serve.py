@@ -19,6 +19,7 @@ import signal
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mitmproxy import addonmanager, exceptions, hooks, master, options
 from mitmproxy.addons import (
@@ -140,19 +141,24 @@ class HookTable(addonmanager.AddonManager):
 
 
 class InFlight:
-    """Counts requests between their headers and their response (or error), for draining on SIGTERM."""
+    """The requests between their headers and their response (or error, or their client's disconnect: a
+    request refused at the head and closed gets no response hook), for draining on SIGTERM."""
 
     def __init__(self) -> None:
-        self.flows: set[str] = set()
+        self.flows: dict[str, Any] = {}
 
     def requestheaders(self, flow) -> None:
-        self.flows.add(flow.id)
+        self.flows[flow.id] = flow
 
     def response(self, flow) -> None:
-        self.flows.discard(flow.id)
+        self.flows.pop(flow.id, None)
 
     def error(self, flow) -> None:
-        self.flows.discard(flow.id)
+        self.flows.pop(flow.id, None)
+
+    def client_disconnected(self, client) -> None:
+        for flow_id in [i for i, flow in self.flows.items() if flow.client_conn is client]:
+            del self.flows[flow_id]
 
 
 def use_inherited_socket(sock: socket.socket) -> None:
@@ -212,7 +218,7 @@ class EdgeMaster(master.Master):
 
 
 def configure_options(opts: options.Options, config: ServeConfig, mode: str) -> None:
-    """Proxy defaults, then the user's `--set`s (they may override them), then the policy last: setting it
+    """Proxy defaults, then the user's `--set`s (they may override them) together with the policy: setting it
     builds the edge runtime, which must see every other option (e.g. `edgerules_reload_interval`)."""
     host, port = parse_listen(config.listen)
     # no mitmweb, console or -w here to look at flows: the decision is not written onto each one
@@ -225,9 +231,15 @@ def configure_options(opts: options.Options, config: ServeConfig, mode: str) -> 
     )
     if config.certs:  # clients that open TLS get this certificate; ALPN offers h2 and http/1.1
         opts.update(certs=list(config.certs))
-    if config.settings:
-        opts.set(*config.settings)
-    opts.update(edgerules_policy=config.policy_path, edgerules_env=config.env or "")
+    # The user's `--set`s and the policy in ONE update: the addon sees every option when it builds the runtime
+    # (a `--set edgerules_reload_interval=...` applied alone, before the policy, would find no policy yet).
+    specs = list(config.settings)
+    given = {spec.partition("=")[0] for spec in specs}
+    if "edgerules_policy" not in given:
+        specs.append(f"edgerules_policy={config.policy_path}")
+    if "edgerules_env" not in given:
+        specs.append(f"edgerules_env={config.env or ''}")
+    opts.set(*specs)
 
 
 def _configure_logging() -> None:

@@ -198,3 +198,20 @@ def test_default_mode_is_reverse_to_first_region(tmp_path):
     policy = load_policy_file(str(path), "e2e", environ=ENV).policy
     first = next(iter(policy.regions.values()))
     assert default_mode(policy) == f"reverse:http://127.0.0.1:{first.port}"
+
+
+def test_in_flight_forgets_requests_whose_client_left():
+    """A request refused at the head and closed gets no response hook: its client's disconnect ends it, so a
+    drain does not wait for it until the timeout."""
+    from types import SimpleNamespace
+
+    from edgerules.serve import InFlight
+
+    one, two = object(), object()
+    inflight = InFlight()
+    for flow_id, client in (("a", one), ("b", two), ("c", one)):
+        inflight.requestheaders(SimpleNamespace(id=flow_id, client_conn=client))
+    inflight.response(SimpleNamespace(id="b", client_conn=two))
+    assert set(inflight.flows) == {"a", "c"}
+    inflight.client_disconnected(one)
+    assert inflight.flows == {}
