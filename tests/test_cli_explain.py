@@ -100,3 +100,36 @@ def test_usage_errors() -> None:
     assert code == 2 and "bad header" in out
     code, out = explain("GET", "/health", "--down", "mars-1")
     assert code == 2 and "unknown region mars-1" in out
+
+
+def test_explain_simulates_what_each_region_does() -> None:
+    """Failover, 503, 504, stale-if-error and a 304 revalidation, through the live edge's step function."""
+    code, out = explain("GET", "/health", "--origin", "us-east-1=connect_error", "--format", "json")
+    doc = json.loads(out)
+    assert code == 0 and [t["region"] for t in doc["tries"]] == ["us-east-1", "us-west-2"]
+    assert doc["origin_request"]["region"] == "us-west-2"
+    assert ["X-CF-Target-Region", "us-west-2"] in doc["origin_request"]["headers"]
+    assert doc["client_response"]["status"] == 200 and doc["client_response"]["from"] == "origin"
+    code, out = explain("GET", "/health", "--origin", "*=connect_error", "--format", "json")
+    doc = json.loads(out)
+    assert doc["client_response"]["status"] == 503 and doc["context"]["error"] == "all_regions_down"
+    assert json.loads(doc["client_response"]["body"])["reason"] == "connect"
+    code, out = explain("GET", "/health", "--origin", "us-east-1=timeout")
+    assert code == 0 and "tried us-east-1: the origin answered timeout" in out and "504" in out
+    code, out = explain(
+        "GET",
+        "/health",
+        "--cached",
+        "90s",
+        "--origin-header",
+        'ETag: "h1"',
+        "--origin",
+        "*=304",
+        "--format",
+        "json",
+    )
+    doc = json.loads(out)
+    assert doc["context"]["cache"] == "REVALIDATED" and doc["client_response"]["status"] == 200
+    assert ["If-None-Match", '"h1"'] in doc["origin_request"]["headers"]
+    code, out = explain("GET", "/health", "--origin", "nowhere=200")
+    assert code == 2 and "bad --origin" in out

@@ -227,6 +227,8 @@ async def explain(
     }
     doc["origin_request"] = obs.origin_request
     body = obs.body
+    if body is not None and request.method == "HEAD":
+        body = b""  # the edge's answer to a HEAD carries no body (its headers are those of a GET)
     doc["client_response"] = {
         "status": obs.status,
         "headers": [list(p) for p in obs.response_headers],
