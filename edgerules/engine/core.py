@@ -1014,7 +1014,10 @@ def response_headers(
             to_set.append((cache.processed_header, utc_iso_millis(now)))
     if ctx.cors_rule is not None:
         # CORS is the edge's on this path: the origin's Access-Control-* answer is replaced by the rule's.
-        to_remove.extend(name for name in response.headers.names() if name.startswith("access-control-"))
+        # (the edge's own preflight answer carries the rule's headers already: kept)
+        outcome = decision.outcome
+        if not isinstance(outcome, Answer) or outcome.kind in ("cache_hit", "not_modified"):
+            to_remove.extend(name for name in response.headers.names() if name.startswith("access-control-"))
         to_set.extend(cors.response_headers(ctx.cors_rule, ctx.origin))
         vary = response.headers.joined("vary")
         if vary is None:
