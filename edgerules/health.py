@@ -60,7 +60,7 @@ class HealthRegistry:
 
     def record_probe(
         self, region: str, ok: bool, reason: str, healthy_threshold: int, unhealthy_threshold: int
-    ):
+    ) -> None:
         state = self.state(region)
         state.last_probe = self._now()
         state.reason = reason
