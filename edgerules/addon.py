@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net.http import http1, status_codes
@@ -429,7 +430,12 @@ class EdgeRules:
                 encode=_bytes,
             )
         )
-        limit = self.runtime.body_limit(live.exchange) if live is not None and live.exchange else None
+        runtime = self.runtime
+        limit = (
+            runtime.body_limit(live.exchange)
+            if runtime is not None and live is not None and live.exchange
+            else None
+        )
         if websocket or limit is None:
             request.stream = True
         else:
@@ -676,7 +682,7 @@ def _origin_cap() -> int:
 
 
 def _client_limits() -> ClientLimits:
-    values = {}
+    values: dict[str, Any] = {}
     for name, _, _ in CLIENT_LIMIT_OPTIONS:
         text = str(getattr(ctx.options, name)).strip()
         try:

@@ -169,7 +169,7 @@ class ClientGuard:
         """The body mitmproxy buffered for the current request, against its limit (chunked bodies have no
         declared size to refuse at the head)."""
         server = self.inner.connections.get(self.context.client)
-        stream = self.inner.streams.get(getattr(server, "stream_id", None))
+        stream = self.inner.streams.get(getattr(server, "stream_id", -1))  # -1: no stream has it
         buffer = getattr(stream, "request_body_buf", None)
         if buffer is None or len(buffer) <= (self.body_limit or 0):
             return
