@@ -153,18 +153,49 @@ async def _metrics(runtime: EdgeRuntime, body: bytes) -> Answer:
 
 
 async def _analytics(runtime: EdgeRuntime, body: bytes) -> Answer:
-    from edgerules.metrics import parse_collector_document
+    from edgerules.metrics import outside_label_sets, parse_collector_document
 
+    policy = runtime.policy
+    if policy is None or not policy.metrics.collector:
+        return _NOT_FOUND  # `metrics.collector: false`: as if there were no such endpoint
     try:
-        records = parse_collector_document(body)
+        records = parse_collector_document(body, max_age=policy.metrics.collector_max_age)
     except ValueError as exc:
         return _json(400, {"error": f"Invalid metrics document: {exc}"}, "invalid_request")
     if not isinstance(records, list):
         records = [records]
+    sets = label_sets(policy)
+    for i, record in enumerate(records):
+        problem = outside_label_sets(record, sets)
+        if problem is not None:  # the labels and rollup fields are closed sets: nothing new gets in
+            where = f"item {i}: " if len(records) > 1 else ""
+            return _json(400, {"error": f"Invalid metrics document: {where}{problem}"}, "invalid_request")
     if runtime.metrics is not None:
         for record in records:
             runtime.metrics.record(record)
     return _json(200, {"accepted": len(records)})
+
+
+_LABEL_SETS: dict[int, tuple[Any, Any]] = {}
+
+
+def label_sets(policy: Any):
+    """The policy's closed label sets (`metrics.LabelSets`), once per policy object."""
+    from edgerules.metrics import LabelSets
+
+    known = _LABEL_SETS.get(id(policy))
+    if known is not None and known[0] is policy:
+        return known[1]
+    classify = policy.classify
+    sets = LabelSets.of(
+        policy.regions,
+        [*(rc.name for rc in classify.classes), classify.default_class],
+        [rule.name for _, rule, _ in policy.rate_limits],
+    )
+    if len(_LABEL_SETS) > 16:
+        _LABEL_SETS.clear()
+    _LABEL_SETS[id(policy)] = (policy, sets)
+    return sets
 
 
 async def _reload(runtime: EdgeRuntime, body: bytes) -> Answer:

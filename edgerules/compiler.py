@@ -675,6 +675,8 @@ def _metrics(ctx: _Ctx, raw: Mapping[str, Any]) -> MetricsConfig:
         access_log=bool(raw.get("access_log", d.access_log)),
         redact_path_segments=tuple(compile_regex(str(p)) for p in raw.get("redact_path_segments") or ()),
         redact_random_segments=bool(raw.get("redact_random_segments", d.redact_random_segments)),
+        collector=bool(raw.get("collector", d.collector)),
+        collector_max_age=_duration(raw.get("collector_max_age"), d.collector_max_age),
     )
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
+from edgerules.kinds import ANSWER_KINDS, AUTH_REASONS
 from edgerules.prometheus import CACHE_HIT_STATUSES, EdgeMetrics
 from edgerules.stores.base import Store, StoreUnavailable
 
@@ -46,6 +47,8 @@ class MetricsConfig:
         Any, ...
     ] = ()  # compiled RE2 patterns: a path segment matching one is redacted
     redact_random_segments: bool = True  # long random-looking segments (tokens, webhook secrets) too
+    collector: bool = True  # POST /__edgerules/analytics accepts records (false: 404)
+    collector_max_age: float = 300.0  # collector records older than this (or 5 min ahead) are refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -527,6 +530,54 @@ _REQUIRED = ("latency_ms",)
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"invalid JSON number {name}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# closed label sets: what a record's dimensions may say (the collector refuses anything else)
+
+CACHE_STATES = frozenset({"HIT", "MISS", "BYPASS", "EXPIRED", "STALE", "REVALIDATED"})  # cache.CacheStatus
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
+_COUNTRY_RE = re.compile(r"[A-Z]{2}")
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSets:
+    """The values each dimension may take, from the policy (regions, classes, rate-limit rules) and the edge
+    (cache states, error kinds, auth reasons, methods, statuses)."""
+
+    regions: frozenset[str]
+    classes: frozenset[str]
+    errors: frozenset[str]
+    methods: frozenset[str] = HTTP_METHODS
+    cache_states: frozenset[str] = CACHE_STATES
+
+    @classmethod
+    def of(cls, regions: Iterable[str], classes: Iterable[str], rate_limit_rules: Iterable[str]) -> LabelSets:
+        errors = {
+            *ANSWER_KINDS,
+            *(f"auth:{reason}" for reason in (*AUTH_REASONS, "store_unavailable")),
+            *(f"rate_limited:{name}" for name in rate_limit_rules),
+        }
+        return cls(frozenset(regions), frozenset(classes), frozenset(errors))
+
+
+def outside_label_sets(rec: RequestRecord, sets: LabelSets) -> str | None:
+    """What in `rec` is outside the closed sets (None: nothing)."""
+    checks = (
+        ("region", rec.region, sets.regions),
+        ("cacheStatus", rec.cache_status, sets.cache_states),
+        ("requestType", rec.request_class, sets.classes),
+        ("pathClass", rec.path_class, sets.classes),
+        ("error", rec.error, sets.errors),
+    )
+    for name, value, allowed in checks:
+        if value is not None and value not in allowed:
+            return f"{name} {value[:40]!r} is not one the policy or the edge defines"
+    if rec.method != "UNKNOWN" and rec.method not in sets.methods:
+        return f"method {rec.method[:16]!r} is not an HTTP method the edge records"
+    if rec.country is not None and _COUNTRY_RE.fullmatch(rec.country) is None:
+        return f"clientCountry {rec.country[:8]!r} is not an ISO 3166 alpha-2 code"
+    return None
 
 
 def parse_collector_document(

@@ -35,7 +35,7 @@ from edgerules.httpcache import invalidates, invalidation_targets
 from edgerules.kinds import EdgeRulesError
 from edgerules.loader import MAX_FILE_BYTES
 from edgerules.lograte import RateLimitedWarning
-from edgerules.metrics import MetricsRecorder, RequestRecord, access_log_line, redact_path
+from edgerules.metrics import HTTP_METHODS, MetricsRecorder, RequestRecord, access_log_line, redact_path
 from edgerules.model import Policy
 from edgerules.policy import load_policy_file
 from edgerules.prober import HealthProber
@@ -532,7 +532,9 @@ class EdgeRuntime:
                 country=ctx.country,
                 request_class=ctx.request_class,
                 status=status,
-                method=req.method,
+                method=req.method
+                if req.method in HTTP_METHODS
+                else "OTHER",  # a closed set, as the collector's
                 path_class=ctx.request_class,
                 error=error,
             )

@@ -461,3 +461,57 @@ def strict_errors(tmp_path):
     finally:
         proxy.stop()
         origins.stop_all()
+
+
+# -- item 5: the collector's closed label sets --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"latency": 5, "region": "attacker-region-1"},
+        {"latency": 5, "requestType": "made-up-class"},
+        {"latency": 5, "cacheStatus": "PWNED"},
+        {"latency": 5, "error": "anything-goes"},
+        {"latency": 5, "clientCountry": "Narnia"},
+        {"latency": 5, "timestamp": int((time.time() - 3600) * 1000)},  # rewriting a past hour
+    ],
+    ids=["region", "class", "cache", "error", "country", "old-timestamp"],
+)
+def test_the_collector_refuses_labels_outside_the_closed_sets(edge, record):
+    proxy, _ = edge
+    response = http("POST", f"{proxy.url}/__edgerules/analytics", json=record)
+    assert response.status == 400, response.body
+    ok = {
+        "latency": 5,
+        "region": "us-east-1",
+        "requestType": "webhook",
+        "cacheStatus": "HIT",
+        "error": "auth:expired",
+    }
+    assert http("POST", f"{proxy.url}/__edgerules/analytics", json=ok).status == 200
+
+
+def test_the_collector_can_be_switched_off(strict_errors_off):
+    response = http("POST", f"{strict_errors_off.url}/__edgerules/analytics", json={"latency": 5})
+    assert response.status == 404
+
+
+@pytest.fixture
+def strict_errors_off(tmp_path):
+    origins = start_origins(["us-east-1"])
+    policy = write_policy(
+        tmp_path, {"us-east-1": origins["us-east-1"].port}, {"metrics": {"collector": False}}
+    )
+    data = json.loads(policy.read_text())
+    for region in ("us-west-2", "eu-west-1"):  # one origin is enough here
+        data["environments"]["e2e"]["regions"][region] = {
+            "upstream": f"http://127.0.0.1:{origins['us-east-1'].port}"
+        }
+    policy.write_text(json.dumps(data))
+    proxy = start_edge_process(policy, environ=ENV)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+        origins.stop_all()

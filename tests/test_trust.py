@@ -339,3 +339,32 @@ def test_timeouts_still_eject_after_consecutive_failures():
         assert health.is_healthy("r")
         health.record_failure("r", "timeout", PassiveHealth())
     assert not health.is_healthy("r")
+
+
+# -- item 5: closed label sets -----------------------------------------------------------------------------
+
+
+def test_the_closed_sets_match_the_edges_own_vocabularies():
+    from edgerules.admin import label_sets
+    from edgerules.cache import CacheStatus
+    from edgerules.metrics import CACHE_STATES, RequestRecord, outside_label_sets
+
+    assert {str(s) for s in CacheStatus} == CACHE_STATES
+    sets = label_sets(seed_policy())
+    assert sets.regions == {"us-east-1", "us-west-2", "eu-west-1"}
+    assert "api-call" in sets.classes and "audio-stream" in sets.classes
+    assert {"auth:expired", "rate_limited:api-key", "upstream_timeout"} <= sets.errors
+
+    def record(**kw):
+        base = dict(
+            timestamp=0.0, latency_ms=1.0, upstream_ms=None, region=None, cache_status=None, country=None
+        )
+        base |= dict(request_class=None, status=200, method="GET", path_class=None, error=None)
+        return RequestRecord(**(base | kw))
+
+    assert (
+        outside_label_sets(record(region="us-east-1", country="SE", error="auth:bad_signature"), sets) is None
+    )
+    assert outside_label_sets(record(region="x"), sets)
+    assert outside_label_sets(record(method="BREW"), sets)
+    assert outside_label_sets(record(error="rate_limited:nope"), sets)
