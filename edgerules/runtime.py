@@ -180,7 +180,7 @@ class EdgeRuntime:
         self.ready = asyncio.Event()  # set once start() has opened the store and started the background tasks
         self._started = False
         self._stopped = False
-        self._wake = asyncio.Event()  # wakes the policy watcher early (the reload interval changed)
+        self._wake: asyncio.Event | None = None  # wakes the running policy watcher (the interval changed)
 
     # ------------------------------------------------------------------------------------------ policy lifecycle
 
@@ -211,7 +211,8 @@ class EdgeRuntime:
 
     def set_reload_interval(self, seconds: float) -> None:
         self.reload_interval = seconds
-        self._wake.set()  # the watcher's current wait ends now, the next one uses the new interval
+        if self._wake is not None:
+            self._wake.set()  # the watcher's current wait ends now, the next one uses the new interval
 
     def _open_state(self) -> None:
         policy = self._policy
@@ -307,10 +308,13 @@ class EdgeRuntime:
     async def _watch_policy(self) -> None:
         """Never ends but by cancellation: a failed check is counted, logged (at most once a minute), shown on
         the status endpoint and as a metric, and retried at the next interval."""
+        wake = self._wake = (
+            asyncio.Event()
+        )  # of this loop (an Event belongs to the loop that first waits on it)
         while True:
-            self._wake.clear()
+            wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.reload_interval)
+                await asyncio.wait_for(wake.wait(), self.reload_interval)
             status = self.reload_status
             status.watch_checks += 1
             try:
