@@ -28,7 +28,7 @@ class RegionHealth:
     last_probe: float = 0.0
     forced: bool | None = None  # set by tests / `edgerules explain --down`
     # (time, error status?, client address) of the recent answers, for the error-status ratio
-    answers: deque = field(default_factory=lambda: deque(maxlen=ANSWERS_KEPT))
+    answers: deque[tuple[float, bool, str]] = field(default_factory=lambda: deque(maxlen=ANSWERS_KEPT))
 
 
 ANSWERS_KEPT = 1024  # the ratio is over at most this many recent answers per region
