@@ -23,12 +23,13 @@ def _modules_in_tree() -> list[str]:
         rel = path.relative_to(ROOT)
         if "__pycache__" in rel.parts or path.name.startswith("_"):
             continue
-        if len(rel.parts) > 2 and rel.parts[1] in PLUGIN_PACKAGES:
+        if PLUGIN_PACKAGES & set(rel.parts[1:-1]):
             continue
         names.append(rel.as_posix())
-    for path in sorted(PACKAGE.iterdir()):
-        if path.is_dir() and (path / "__init__.py").exists():
-            names.append(f"{path.relative_to(ROOT).as_posix()}/")
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        rel = init.parent.relative_to(ROOT)
+        if init.parent != PACKAGE and not PLUGIN_PACKAGES & set(rel.parts[1:-1]):
+            names.append(f"{rel.as_posix()}/")
     return names
 
 
