@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -242,10 +243,14 @@ def test_an_invalid_policy_exits_1_under_mitmdump_and_serve(tmp_path: Path, runn
 
 def test_trace_cites_the_public_entry_not_the_block(tmp_path: Path) -> None:
     policy = tmp_path / "p.yaml"
-    text = SEED.read_text().replace(
-        "  public:\n    - path: /health\n", "  public:\n    - path: /health\n    - prefix: /api/v1/agents\n"
+    seed = SEED.read_text()
+    text = re.sub(
+        r"(?m)^  public:\n(    - .*\n)+",
+        "  public:\n    - path: /health\n    - prefix: /api/v1/agents\n",
+        seed,
+        count=1,
     )
-    assert "- prefix: /api/v1/agents\n  schemes" in text
+    assert text != seed
     policy.write_text(text)
     argv = [
         "explain",
