@@ -10,7 +10,6 @@ store key as shown in traces (`cache:<sha256>`), removed with its Vary variants.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from typing import TextIO
 
@@ -31,6 +30,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
+    import asyncio
+
     if args.prefix is not None and not args.prefix.startswith("/"):
         out.write(f"error: --prefix must be a path starting with '/', got {args.prefix!r}\n")
         return 2

@@ -14,7 +14,6 @@ an invalid policy or requests file), 2 (usage, unreadable flow file).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -186,6 +185,8 @@ def _test_file_environ(path: str) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
+    import asyncio
+
     from edgerules.commands.show import effective_document
     from edgerules.policy import load_policy_file
 

@@ -9,7 +9,6 @@ region answers `200 application/json` unless `--origin REGION=WHAT` says otherwi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import time
@@ -67,6 +66,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
+    import asyncio
+
     from edgerules.policy import jwt_secret_variables, load_policy_file
 
     headers = []

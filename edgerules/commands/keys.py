@@ -9,7 +9,6 @@ Exit codes: 0 ok, 1 unknown key id, bad input, an option the policy ignores, or 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -186,6 +185,8 @@ async def _run_on_store(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
+    import asyncio
+
     from edgerules.stores import StoreUnavailable
 
     try:

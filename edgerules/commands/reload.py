@@ -10,8 +10,6 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from typing import Any, TextIO
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8080"
@@ -44,6 +42,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def post_reload(admin_url: str, token: str | None, timeout: float) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body) of the reload endpoint; OSError when the edge cannot be reached."""
+    import urllib.error
+    import urllib.request
+
     url = admin_url.rstrip("/") + "/__edgerules/reload"
     request = urllib.request.Request(url, data=b"", method="POST")
     if token:

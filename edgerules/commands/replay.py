@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from typing import TextIO
@@ -34,6 +33,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
+    import asyncio
+
     from edgerules.policy import load_policy_file
     from edgerules.replay import FlowFileError, load_flow_file, render_json, render_text, replay
 

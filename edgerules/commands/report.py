@@ -9,7 +9,6 @@ report, 1 when the store cannot be reached, 2 for a bad `--since`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 from pathlib import Path
 from typing import TextIO
@@ -38,6 +37,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
+    import asyncio
+
     from edgerules.report import render_report
 
     try:

@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 from typing import TYPE_CHECKING, TextIO
-from xml.etree import ElementTree as ET
 
 from edgerules.diagnostics import PolicyError, format_diagnostics
 
@@ -123,6 +122,8 @@ def _json(results: list[FileResult], broken: Broken, coverage: bool, out: TextIO
 
 
 def _junit(results: list[FileResult], broken: Broken, coverage: bool, out: TextIO) -> None:
+    from xml.etree import ElementTree as ET
+
     from edgerules.policytest import case_id, failure_text
 
     root = ET.Element("testsuites", name="edgerules")
