@@ -9,9 +9,11 @@ events through, except:
 
 - client data that would take an unfinished HTTP/1 request head past the head limit: the client gets the
   policy's 431 and the connection is closed;
-- after a refusal at the head (`answer_and_close`): the response is written to the client directly
-  (`Connection: close`), our side is half-closed, and whatever the client still sends is read and thrown
-  away (never buffered) for at most `LINGER_SECONDS`, then the connection is closed. The lingering read is
+- after a refusal decided in a hook (`answer_and_close` at the head, a streamed body cut before anything
+  was forwarded) or by the guard itself (a body read whole past its limit): the response goes out as soon as
+  the event being handled is done (`Connection: close`, through mitmproxy's layers, so TLS applies), our
+  side is half-closed, and whatever the client still sends is read and thrown away (never buffered) for at
+  most `LINGER_SECONDS`, then the connection is closed. The lingering read is
   what lets an ordinary client that sends its body before reading (Python's http.client, most libraries)
   see the 413 instead of a connection reset (as nginx's lingering close).
 """
@@ -101,6 +103,8 @@ class ClientGuard:
         self.body_limit: int | None = None
         self.body_refusal: Callable[[], bytes] | None = None
         self.on_body_cut: Callable[[http.HTTPFlow], None] | None = None
+        # an answer a hook decided (`answer_and_close`, a stream cut): sent once the event being handled is
+        self.pending: bytes | None = None
         # what the client connection is doing, and since when (for the client timeouts, see `sweep`)
         self.phase = HEAD
         self.phase_since = time.monotonic()
@@ -158,6 +162,10 @@ class ClientGuard:
                     yield commands.CloseConnection(client)
                     return
         yield from self.inner.handle_event(event)
+        if self.pending is not None:  # a refusal decided in a hook while this event was handled
+            refusal, self.pending = self.pending, None
+            yield from self._refuse(refusal)
+            return
         if (
             self.body_limit is not None
             and isinstance(event, events.DataReceived)
@@ -178,17 +186,22 @@ class ClientGuard:
         self.body_limit = None
         refusal = self.body_refusal
         if refusal is not None:
-            client = self.context.client
-            yield commands.SendData(client, refusal())
-            yield commands.CloseTcpConnection(client, half_close=True)
-            self.discarding = True
-            asyncio.get_running_loop().call_later(LINGER_SECONDS, self._close_late)
+            yield from self._refuse(refusal())
         if self.on_body_cut is not None and stream is not None:
             try:
                 self.on_body_cut(stream.flow)
             except Exception:
                 log.exception("edgerules: body cut callback failed")
         log.info("edgerules: request body over its limit after %d bytes: 413, connection closed", size)
+
+    def _refuse(self, answer: bytes) -> CommandGenerator[None]:
+        """Send `answer`, close our side, then read and drop whatever the client still sends (never handing
+        it to mitmproxy) until it closes or LINGER_SECONDS pass. Layer commands, so TLS applies as usual."""
+        client = self.context.client
+        yield commands.SendData(client, answer)
+        yield commands.CloseTcpConnection(client, half_close=True)
+        self.discarding = True
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, self._close_late)
 
     def _close_late(self) -> None:
         try:
@@ -205,17 +218,6 @@ class ClientGuard:
         server = self.inner.connections.get(self.context.client)
         return isinstance(server, Http1Server) and server.stream_id == 1 and not len(server.buf)
 
-    def linger(self, writer: Any) -> None:
-        """Our answer is written: half-close, drop what the client still sends, close after the linger time."""
-        self.discarding = True
-        try:
-            writer.write_eof()
-        except (OSError, RuntimeError):
-            writer.close()
-            return
-        self.context.client.state &= ~ConnectionState.CAN_WRITE  # mitmproxy must write nothing more
-        asyncio.get_running_loop().call_later(LINGER_SECONDS, writer.close)
-
 
 def _head_length(buffered: bytes, data: bytes) -> int:
     """Length of the request head so far: up to its blank line if `data` completes it, else all of it."""
@@ -227,49 +229,36 @@ def _head_length(buffered: bytes, data: bytes) -> int:
 
 
 def wrap_http_layer(nextlayer: Any, head_limit: int, head_refusal: Callable[[], bytes]) -> None:
-    """In a `next_layer` hook: put a `ClientGuard` in front of the client's HTTP layer."""
+    """In a `next_layer` hook: put a `ClientGuard` in front of the client's HTTP layer, at the top of the
+    chosen layers or under the ones before it (a stack such as ClientTLSLayer / HttpLayer)."""
     layer = nextlayer.layer
     if isinstance(layer, HttpLayer):
         nextlayer.layer = ClientGuard(layer, head_limit, head_refusal)
-
-
-def _client_writer(flow: http.HTTPFlow) -> Any | None:
-    try:
-        server = ctx.master.addons.get("proxyserver")
-        handler = server.connections.get(flow.client_conn.id) if server is not None else None
-    except Exception:  # no master (unit tests): nothing to write to
-        return None
-    if handler is None:
-        return None
-    io = handler.transports.get(flow.client_conn)
-    return getattr(io, "writer", None)
+        return
+    for _ in range(8):  # the few layers of one stack
+        child = getattr(layer, "child_layer", None)
+        if child is None:
+            return
+        if isinstance(child, HttpLayer):
+            layer.child_layer = ClientGuard(child, head_limit, head_refusal)
+            return
+        layer = child
 
 
 def answer_and_close(flow: http.HTTPFlow, response: http.Response) -> bool:
-    """From `requestheaders`: send `response` now and close the connection, without buffering the body.
+    """From `requestheaders`: send `response` and close the connection, without reading the body.
 
-    True when the response was written; False when the connection cannot take raw bytes from us (TLS or
-    HTTP/2 clients, or no guard on it): the flow is killed then, so the client sees the connection closed -
-    never its body read to the end first."""
+    The client's guard sends it as soon as the hook returns (through mitmproxy's own layers, so TLS applies),
+    half-closes, and drops whatever the client still sends. True when it will be sent; False for a client
+    the guard cannot answer in HTTP/1 (HTTP/2, or no guard): the flow is killed then, so the client sees the
+    connection closed - never its body read to the end first."""
     guard = _guards.get(flow.client_conn.id)
-    writer = None
-    if (
-        guard is not None
-        and not flow.client_conn.tls
-        and flow.request.http_version in ("HTTP/1.1", "HTTP/1.0")
-    ):
-        writer = _client_writer(flow)
     flow.response = response
     flow.request.headers.pop("expect", None)  # no "100 Continue" after our answer
-    if writer is not None and not writer.is_closing() and guard is not None:
+    if guard is not None and flow.request.http_version in ("HTTP/1.1", "HTTP/1.0"):
         response.headers["Connection"] = "close"
-        try:
-            writer.write(http1.assemble_response(response))
-        except (OSError, RuntimeError):
-            pass
-        else:
-            guard.linger(writer)
-            return True
+        guard.pending = http1.assemble_response(response)
+        return True
     if flow.killable:
         flow.kill()
     return False
@@ -429,20 +418,13 @@ class StreamBudget:
 
 
 def _answer_streaming(flow: http.HTTPFlow, response: http.Response) -> bool:
-    """Write `response` to the client of a streaming flow and linger (as `answer_and_close`, without
-    touching the flow's state: mitmproxy is mid-stream)."""
+    """As `answer_and_close`, for a flow mid-stream (called from the stream callable, while the guard is
+    handling the client's data): the flow's state is left alone."""
     guard = _guards.get(flow.client_conn.id)
-    if guard is None or flow.client_conn.tls or flow.request.http_version not in ("HTTP/1.1", "HTTP/1.0"):
-        return False
-    writer = _writer(flow, flow.client_conn)
-    if writer is None or writer.is_closing():
+    if guard is None or flow.request.http_version not in ("HTTP/1.1", "HTTP/1.0"):
         return False
     response.headers["Connection"] = "close"
-    try:
-        writer.write(http1.assemble_response(response))
-    except (OSError, RuntimeError):
-        return False
-    guard.linger(writer)
+    guard.pending = http1.assemble_response(response)
     return True
 
 

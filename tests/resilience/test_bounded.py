@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Iterator
@@ -470,3 +471,55 @@ def test_an_origin_answer_over_the_cap_is_refused_with_its_own_error(tight):
     assert small.status == 200
     assert len(small.body) == 512 << 10
     assert small.headers["X-CF-Processed-Region"] == "us-east-1"
+
+
+# ------------------------------------------------------------------------------------------------ over TLS
+
+
+@pytest.fixture(scope="module", params=["mitmdump", "serve"])
+def tls_edge(request, origins, tmp_path_factory) -> Iterator[tuple[Proxy, object]]:
+    from tests.support.tls import make_certs
+    from tests.test_tls_http2 import start
+
+    tmp = tmp_path_factory.mktemp(f"bounded-tls-{request.param}")
+    certs = make_certs(tmp)
+    policy = write_policy(
+        tmp, {name: o.port for name, o in origins.items()}, {"validation": {"max_body_size": MAX_BODY}}
+    )
+    proxy = start(request.param, policy, certs)
+    try:
+        yield proxy, certs
+    finally:
+        proxy.stop()
+
+
+def test_declared_oversized_upload_over_tls_is_413_before_the_body(tls_edge):
+    """The refusal at the head goes out through mitmproxy's TLS layer (not as raw bytes under it)."""
+    proxy, certs = tls_edge
+    context = certs.client_context()
+    context.set_alpn_protocols(["http/1.1"])
+    head = (
+        b"POST /api/v1/calls/tls-oversized HTTP/1.1\r\n"
+        + base_headers()
+        + b"Content-Type: application/json\r\n"
+        + f"Content-Length: {200 * 1024 * 1024}\r\n\r\n".encode()
+    )
+    received = bytearray()
+    closed = False
+    with (
+        socket.create_connection((proxy.host, proxy.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+    ):
+        sock.sendall(head)
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+            closed = True
+        except (ConnectionResetError, ssl.SSLError):
+            closed = True
+        except TimeoutError:
+            pass
+    got = responses(bytes(received))
+    assert [status for status, _ in got] == [413], bytes(received[:300])
+    assert json.loads(got[0][1])["error"] == "Request too large"
+    assert closed
