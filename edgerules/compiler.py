@@ -21,11 +21,8 @@ from edgerules.diagnostics import Diagnostic, Mark, PolicyError
 from edgerules.httpcache import CacheRule
 from edgerules.kinds import ErrorKind
 from edgerules.loader import LoadedDocument, deep_merge, escape_token
-from edgerules.metrics import MetricsConfig
-from edgerules.model import ClaimMapping, JwtConfig
+from edgerules.model import ClaimMapping, JwtConfig, MetricsConfig, RateLimitRule, StoreConfig
 from edgerules.paths import PathMatcher, PathPattern, compile_regex
-from edgerules.ratelimit import RateLimitRule
-from edgerules.stores.base import StoreConfig
 from edgerules.units import parse_duration, parse_size
 
 LOOPBACK_CIDRS: tuple[model.IPNetwork, ...] = (

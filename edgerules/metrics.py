@@ -27,28 +27,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from edgerules.kinds import ANSWER_KINDS, AUTH_REASONS
+from edgerules.model import MetricsConfig
 from edgerules.prometheus import CACHE_HIT_STATUSES, EdgeMetrics
 from edgerules.stores.base import Store, StoreUnavailable
 
 HOUR = 3600
-
-
-@dataclass(frozen=True, slots=True)
-class MetricsConfig:
-    enabled: bool = True
-    raw_retention: float = 3600.0
-    rollup_retention: float = 7 * 86400.0
-    flush_interval: float = 1.0
-    access_log: bool = False
-    latency_buckets_ms: tuple[float, ...] = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
-    max_buffer: int = 100_000
-    """Raw records kept in memory while the store is unavailable; the oldest beyond this are dropped."""
-    redact_path_segments: tuple[
-        Any, ...
-    ] = ()  # compiled RE2 patterns: a path segment matching one is redacted
-    redact_random_segments: bool = True  # long random-looking segments (tokens, webhook secrets) too
-    collector: bool = True  # POST /__edgerules/analytics accepts records (false: 404)
-    collector_max_age: float = 300.0  # collector records older than this (or 5 min ahead) are refused
 
 
 @dataclass(frozen=True, slots=True)

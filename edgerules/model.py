@@ -1,24 +1,20 @@
 """The compiled policy: immutable values the engine reads on every request.
 
 The compiler (`edgerules.compiler`) builds these from the YAML after the schema and semantic checks passed, so
-nothing here re-validates. Every rule keeps `source` ("file:line") for traces. Feature modules own their own
-compiled settings (`CacheRule`, `RateLimitRule`, `MetricsConfig`, `StoreConfig`); this module ties them
-together. The auth settings (`JwtConfig`, `ClaimMapping`, `IdentityHeaderNames`) live here so that loading a
-policy never loads PyJWT or an HTTP client.
+nothing here re-validates. Every rule keeps `source` ("file:line") for traces. Every feature's compiled settings
+live here (auth, rate limits, metrics, the store), so loading a policy loads no feature module (no PyJWT, no
+HTTP client, no asyncio); only `CacheRule` still lives in `httpcache` (pure rules, no I/O).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from edgerules.httpcache import CacheRule
 from edgerules.kinds import ErrorKind
-from edgerules.metrics import MetricsConfig
 from edgerules.paths import PathMatcher
-from edgerules.ratelimit import RateLimitRule
-from edgerules.stores.base import StoreConfig
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -329,6 +325,52 @@ DEFAULT_ERRORS: dict[ErrorKind, ErrorAnswer] = {
     "internal_error": ErrorAnswer(500, "Internal server error"),
 }
 ERROR_KINDS = tuple(DEFAULT_ERRORS)
+
+
+# Settings of the features built on a store (rate limits, metrics, the store itself): the feature modules read
+# them; they live here so that the compiled policy imports no feature module.
+
+
+RateLimitKey = Literal["api_key", "principal", "client_ip"]
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitRule:
+    name: str
+    key: RateLimitKey
+    limit: int
+    window: float  # seconds
+    source: str = ""  # file:line of the rule, for traces
+    on_store_error: Literal["allow", "reject"] = "allow"  # the store cannot count: let through, or refuse
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    enabled: bool = True
+    raw_retention: float = 3600.0
+    rollup_retention: float = 7 * 86400.0
+    flush_interval: float = 1.0
+    access_log: bool = False
+    latency_buckets_ms: tuple[float, ...] = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+    max_buffer: int = 100_000
+    """Raw records kept in memory while the store is unavailable; the oldest beyond this are dropped."""
+    redact_path_segments: tuple[
+        Any, ...
+    ] = ()  # compiled RE2 patterns: a path segment matching one is redacted
+    redact_random_segments: bool = True  # long random-looking segments (tokens, webhook secrets) too
+    collector: bool = True  # POST /__edgerules/analytics accepts records (false: 404)
+    collector_max_age: float = 300.0  # collector records older than this (or 5 min ahead) are refused
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    backend: Literal["memory", "diskcache", "redis"] = "diskcache"
+    path: str = ".edgerules-state"  # diskcache directory
+    size_limit: int = 256 * 1024**2  # bytes; diskcache evicts past it
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "edgerules:"  # every key is namespaced with it (diskcache and redis)
+    timeout: float = 1.0  # per-operation timeout (seconds) for redis; StoreUnavailable past it
+    cluster: bool = False  # redis: `url` is one node of a Redis Cluster (also: a redis+cluster:// URL)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,21 +15,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
+from edgerules.model import RateLimitRule
 from edgerules.stores.base import Store
-
-RateLimitKey = Literal["api_key", "principal", "client_ip"]
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimitRule:
-    name: str
-    key: RateLimitKey
-    limit: int
-    window: float  # seconds
-    source: str = ""  # file:line of the rule, for traces
-    on_store_error: Literal["allow", "reject"] = "allow"  # the store cannot count: let through, or refuse
 
 
 @dataclass(frozen=True, slots=True)

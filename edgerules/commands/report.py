@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from edgerules.commands._common import add_policy_arguments, load_policy, open_policy_store
-from edgerules.metrics import HourRollup, read_rollups
 from edgerules.model import Policy
 from edgerules.units import parse_duration
+
+if TYPE_CHECKING:
+    from edgerules.metrics import HourRollup
 
 FORMATS = ("table", "json", "html")
 
@@ -64,6 +66,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _read(policy: Policy, since: float, now: float) -> list[HourRollup]:
+    from edgerules.metrics import read_rollups
+
     store = open_policy_store(policy)
     try:
         return await read_rollups(store, since, now)

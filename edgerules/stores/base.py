@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from edgerules.kinds import EdgeRulesError
+from edgerules.model import StoreConfig as StoreConfig  # re-exported: the store settings live in the model
 
 RESERVED_PREFIX = "tag:"
 
@@ -36,17 +37,6 @@ def writable_key(key: str) -> str:
 
 class StoreUnavailable(EdgeRulesError):
     """The backend cannot serve the call (disk error, connection lost, timeout)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoreConfig:
-    backend: Literal["memory", "diskcache", "redis"] = "diskcache"
-    path: str = ".edgerules-state"  # diskcache directory
-    size_limit: int = 256 * 1024**2  # bytes; diskcache evicts past it
-    url: str = "redis://127.0.0.1:6379/0"
-    prefix: str = "edgerules:"  # every key is namespaced with it (diskcache and redis)
-    timeout: float = 1.0  # per-operation timeout (seconds) for redis; StoreUnavailable past it
-    cluster: bool = False  # redis: `url` is one node of a Redis Cluster (also: a redis+cluster:// URL)
 
 
 @dataclass(frozen=True, slots=True)
