@@ -515,3 +515,29 @@ def strict_errors_off(tmp_path):
     finally:
         proxy.stop()
         origins.stop_all()
+
+
+@pytest.fixture
+def checking(tmp_path):
+    """An edge whose policy honours method overrides, checked against its methods (no DELETE)."""
+    origins = start_origins(list(REGIONS))
+    validation = {"method_override": "check", "methods": ["GET", "POST", "PUT", "PATCH", "OPTIONS"]}
+    policy = write_policy(tmp_path, {n: o.port for n, o in origins.items()}, {"validation": validation})
+    proxy = start_edge_process(policy, environ=ENV)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+        origins.stop_all()
+
+
+def test_honoured_method_overrides_are_checked_against_the_allowed_methods(checking):
+    sent = {"CF-IPCountry": "US", **bearer()}
+    refused = http("POST", checking.url + unique(), {**sent, "X-HTTP-Method-Override": "DELETE"}, json={})
+    assert refused.status == 405 and refused.headers["Allow"] == "GET, OPTIONS, PATCH, POST, PUT"
+    refused = http("POST", checking.url + unique() + "?_method=delete", sent, json={})
+    assert refused.status == 405
+    allowed = http("POST", checking.url + unique(), {**sent, "X-HTTP-Method-Override": "PUT"}, json={})
+    assert allowed.status == 200, allowed.body
+    seen = {k.lower(): v for k, v in allowed.json()["headers"].items()}
+    assert seen["x-http-method-override"] == "PUT"  # honoured: the origin gets it
