@@ -261,14 +261,14 @@ def workers_comparison(args, origin, tmpdir: Path) -> dict[tuple[str, str], list
             proxy.stop()
 
 
-def workers_markdown(runs: dict[tuple[str, str], list[WrkResult]], args) -> str:
+def workers_markdown(runs: dict[tuple[str, str], list[WrkResult]], args, load: str = "") -> str:
     lines = [
         WORKERS_HEADING,
         "",
         f"Both on this machine's {_cpus()} CPUs, which also run wrk (-t1 -c{args.connections}) and the one-process "
         f"aiohttp origin; median of {args.rounds} interleaved rounds of {args.duration:g} s. CPU per request is "
         "the supervisor's and its workers' CPU time over the run divided by the requests. Goal on 2 CPUs: "
-        ">= 1.5x.",
+        ">= 1.5x." + (f" Load average (1 min) before and after the run: {load}." if load else ""),
         "",
         "| scenario | --workers 1 | --workers 2 | ratio | CPU/request (1 -> 2) |",
         "|---|---|---|---|---|",
@@ -289,13 +289,14 @@ def workers_markdown(runs: dict[tuple[str, str], list[WrkResult]], args) -> str:
 
 def workers_only(args, began: float) -> int:
     """Measure only the workers comparison and put its section into --output (replacing an older one)."""
+    before = os.getloadavg()[0]
     origin = start_origin()
     try:
         with tempfile.TemporaryDirectory(prefix="edgerules-bench-", ignore_cleanup_errors=True) as tmp:
             runs = workers_comparison(args, origin, Path(tmp))
     finally:
         origin.stop()
-    section = workers_markdown(runs, args)
+    section = workers_markdown(runs, args, f"{before:.1f} -> {os.getloadavg()[0]:.1f}")
     path = Path(args.output)
     text = path.read_text() if path.exists() else ""
     if WORKERS_HEADING in text:

@@ -38,7 +38,7 @@ from edgerules.addon import EdgeRules
 from edgerules.mitmprivate import detach_configure_all, iter_hooks
 from edgerules.model import Policy
 from edgerules.policy import load_policy_file
-from edgerules.workers import ENV_LISTEN_FD
+from edgerules.workers import ENV_LISTEN_FD, LISTEN_BACKLOG
 
 log = logging.getLogger("edgerules")
 
@@ -170,7 +170,13 @@ def use_inherited_socket(sock: socket.socket) -> None:
     async def listen(self, host: str, port: int):
         if self.mode.transport_protocol != "tcp":
             return await original(self, host, port)
-        return [await asyncio.start_server(self.handle_stream, sock=sock, backlog=1024)]
+        # asyncio accepts up to `backlog` connections each time the socket is readable: with the shared socket
+        # one worker would take a whole burst of new connections (a load generator's or a balancer's keep-alive
+        # pool) and the other none. One per wake-up spreads them; listen() again restores the shared queue's
+        # length (asyncio's start_server set it to this backlog).
+        server = await asyncio.start_server(self.handle_stream, sock=sock, backlog=1)
+        sock.listen(LISTEN_BACKLOG)
+        return [server]
 
     mode_servers.ReverseInstance.listen = listen  # type: ignore[method-assign]
 

@@ -41,6 +41,7 @@ from edgerules.workers import (
     ENV_INDEX,
     ENV_LISTEN_FD,
     ENV_SUPERVISOR,
+    LISTEN_BACKLOG,
     SUPERVISOR_FILE,
     write_json,
 )
@@ -78,10 +79,10 @@ def bind(host: str, port: int) -> socket.socket:
                 ("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=1024
             )
         else:
-            sock = socket.create_server(("0.0.0.0", port), backlog=1024)
+            sock = socket.create_server(("0.0.0.0", port), backlog=LISTEN_BACKLOG)
     else:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family, backlog=1024)
+        sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
     sock.set_inheritable(True)
     return sock
 

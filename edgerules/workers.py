@@ -43,6 +43,7 @@ ENV_SUPERVISOR = "EDGERULES_SUPERVISOR_PID"
 ENV_LISTEN_FD = "EDGERULES_LISTEN_FD"
 SUPERVISOR_FILE = "supervisor.json"
 PUBLISH_INTERVAL = 0.5
+LISTEN_BACKLOG = 1024  # the shared listening socket's accept queue
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -251,6 +252,7 @@ __all__ = [
     "ENV_INDEX",
     "ENV_LISTEN_FD",
     "ENV_SUPERVISOR",
+    "LISTEN_BACKLOG",
     "SUPERVISOR_FILE",
     "WorkerBoard",
     "WorkerInfo",
