@@ -56,9 +56,9 @@ from edgerules.httpcache import (
 )
 from edgerules.kinds import ErrorKind, TracePhase
 from edgerules.memo import remember
-from edgerules.model import Auth, Match, Policy
+from edgerules.model import Auth, Match, Policy, RateLimitRule
 from edgerules.paths import PathError, check_query, normalise_path, split_path
-from edgerules.ratelimit import RateLimitResult, RateLimitRule
+from edgerules.ratelimit import RateLimitResult
 from edgerules.stores.base import StoreUnavailable
 from edgerules.timefmt import utc_iso_millis
 
