@@ -268,7 +268,9 @@ def workers_markdown(runs: dict[tuple[str, str], list[WrkResult]], args, load: s
         f"Both on this machine's {_cpus()} CPUs, which also run wrk (-t1 -c{args.connections}) and the one-process "
         f"aiohttp origin; median of {args.rounds} interleaved rounds of {args.duration:g} s. CPU per request is "
         "the supervisor's and its workers' CPU time over the run divided by the requests. Goal on 2 CPUs: "
-        ">= 1.5x." + (f" Load average (1 min) before and after the run: {load}." if load else ""),
+        ">= 1.5x."
+        + (f" Load average (1 min) before and after the run: {load}." if load else "")
+        + _busy(load),
         "",
         "| scenario | --workers 1 | --workers 2 | ratio | CPU/request (1 -> 2) |",
         "|---|---|---|---|---|",
@@ -285,6 +287,21 @@ def workers_markdown(runs: dict[tuple[str, str], list[WrkResult]], args, load: s
             + " |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _busy(load: str) -> str:
+    """A warning when other work held the CPUs: the figures then measure the contention, not the workers."""
+    try:
+        before = float(load.split()[0])
+    except (ValueError, IndexError):
+        return ""
+    if before <= _cpus():
+        return ""
+    return (
+        f" The load was above the {_cpus()} CPUs (other jobs ran on the machine): every process got a slice of a "
+        "core, so these req/s and CPU figures measure that contention and say nothing about the 1.5x goal; "
+        "rerun `bench/run.py --workers-only` on an idle machine."
+    )
 
 
 def workers_only(args, began: float) -> int:
