@@ -535,10 +535,10 @@ class EdgeRules:
                 if flow.killable:
                     flow.kill()
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         live = self.live.pop(flow.id, None)  # the flow ends here: forget it whatever happens below
         try:
-            self._finish(flow, live)
+            await self._finish(flow, live)
         except Exception:
             log.exception("edgerules: internal error in response")
             if live is None or not live.headers_done:
@@ -590,7 +590,7 @@ class EdgeRules:
         )
         live.headers_done = True
 
-    def _finish(self, flow: http.HTTPFlow, live: Live | None) -> None:
+    async def _finish(self, flow: http.HTTPFlow, live: Live | None) -> None:
         runtime = self.runtime
         if runtime is None or flow.response is None:
             return
@@ -608,7 +608,7 @@ class EdgeRules:
         req = live.request
         if req is not None:
             runtime.record(exchange, req, response.status_code)
-            runtime.after_response(
+            await runtime.after_response(
                 exchange, req, response.status_code, response.headers.items(multi=True), response.raw_content
             )
 

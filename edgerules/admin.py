@@ -138,6 +138,10 @@ async def _status(runtime: EdgeRuntime, body: bytes) -> Answer:
         },
         "regions": runtime.health.snapshot(list(policy.regions)) if policy else {},
         "store": store,
+        "cache": {
+            "stores_in_flight": runtime.cache_stats.stores_in_flight,
+            "stores_skipped_overload": runtime.cache_stats.stores_skipped,
+        },
         "time": time.time(),
     }
     if runtime.board is not None:  # one worker of `serve --workers N`: describe them all
@@ -211,14 +215,29 @@ async def _reload(runtime: EdgeRuntime, body: bytes) -> Answer:
     return _json(200 if ok else 422, payload)
 
 
+PURGE_USAGE = 'body must be JSON: {"all": true} | {"prefix": "/path"} | {"key": K} | {"tags": ["t1", "t2"]}'
+MAX_PURGE_TAG_BYTES = 16 * 1024
+
+
+def purge_tags(value: Any) -> list[str] | None:
+    """The `tags` of a purge request (a string or a list of strings, at most 16 KB in all), None when invalid."""
+    tags = [value] if isinstance(value, str) else value
+    if not isinstance(tags, list) or not tags or not all(isinstance(t, str) and t.strip() for t in tags):
+        return None
+    if sum(len(t.encode()) for t in tags) > MAX_PURGE_TAG_BYTES:
+        return None
+    return tags
+
+
 async def _purge(runtime: EdgeRuntime, body: bytes) -> Answer:
     try:
         request = json.loads(body or b"{}")
     except ValueError:
-        return _json(400, {"error": 'body must be JSON: {"all": true} | {"prefix": "/path"} | {"key": K}'})
-    if not isinstance(request, dict) or len({"all", "prefix", "key"} & request.keys()) != 1:
-        return _json(400, {"error": "say what to purge: one of all, prefix or key"})
-    prefix, key = request.get("prefix"), request.get("key")
+        return _json(400, {"error": PURGE_USAGE})
+    scopes = {"all", "prefix", "key", "tags"} & request.keys() if isinstance(request, dict) else set()
+    if len(scopes) != 1:
+        return _json(400, {"error": "say what to purge: one of all, prefix, key or tags"})
+    prefix, key, tags = request.get("prefix"), request.get("key"), None
     if "prefix" in request and not (isinstance(prefix, str) and prefix.startswith("/")):
         return _json(400, {"error": "prefix must be a path starting with /"})
     if "key" in request and not is_cache_key(key):
@@ -226,10 +245,16 @@ async def _purge(runtime: EdgeRuntime, body: bytes) -> Answer:
         return _json(400, {"error": "key must be a cache key (cache:<64 hex digits>)"})
     if "all" in request and request["all"] is not True:
         return _json(400, {"error": 'say {"all": true} to purge every cache entry'})
+    if "tags" in request:
+        tags = purge_tags(request["tags"])
+        if tags is None:
+            return _json(400, {"error": "tags: a non-empty list of non-empty strings, at most 16 KB"})
     if runtime.state is None:
         return _json(503, {"error": "no policy loaded"})
     try:
-        removed = await runtime.state.cache.purge(all="all" in request, path_prefix=prefix, key=key)
+        removed = await runtime.state.cache.purge(
+            all="all" in request, path_prefix=prefix, key=key, tags=tags
+        )
     except StoreUnavailable as exc:
         return _json(503, {"error": f"store unavailable: {exc}"})
     return _json(200, {"purged": removed})

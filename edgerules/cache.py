@@ -127,7 +127,10 @@ class ResponseCache:
         names = hc.vary_names(response_headers)
         entry = CacheEntry(
             status=status,
-            headers=hc.storable_headers(response_headers, drop=("set-cookie",)),
+            # Set-Cookie is stored (and replayed on every hit) only when the rule says so explicitly
+            headers=hc.storable_headers(
+                response_headers, drop=() if rule.replay_set_cookie else ("set-cookie",)
+            ),
             body=bytes(body),
             stored_at=self._now(),
             request_time=request_time,
@@ -139,10 +142,11 @@ class ResponseCache:
         ttl = hc.storage_ttl(rule, entry)
         if ttl <= 0:
             return False
-        tags = hc.path_tags(url_path)
+        path_tags = hc.path_tags(url_path)
+        tags = path_tags + hc.cache_tags(response_headers)
         try:
             if names:
-                await self._write_index(key, names, ttl, tags)
+                await self._write_index(key, names, ttl, path_tags)  # a label purges variants, not the index
                 await self._store.set(hc.variant_key(key, entry.vary), entry.to_bytes(), ttl, tags)
             else:
                 await self._store.set(key, entry.to_bytes(), ttl, tags)
@@ -189,7 +193,8 @@ class ResponseCache:
         ttl = hc.storage_ttl(rule, merged)
         try:
             if ttl > 0:
-                await self._store.set(lookup.key, merged.to_bytes(), ttl, hc.path_tags(merged.url_path))
+                tags = hc.path_tags(merged.url_path) + hc.cache_tags(merged.headers)
+                await self._store.set(lookup.key, merged.to_bytes(), ttl, tags)
         except Exception as exc:
             _refresh_failed.warn("cache refresh failed for %s: %s", merged.url_path, exc)
 
@@ -206,11 +211,23 @@ class ResponseCache:
             return 0
 
     async def purge(
-        self, *, all: bool = False, path_prefix: str | None = None, key: str | None = None
+        self,
+        *,
+        all: bool = False,
+        path_prefix: str | None = None,
+        key: str | None = None,
+        tags: tuple[str, ...] | list[str] | None = None,
     ) -> int:
-        """Operator purge: everything, a path prefix (segment-wise), or one key with its variants."""
-        if sum((all, path_prefix is not None, key is not None)) != 1:
-            raise ValueError("purge takes exactly one of all=True, path_prefix or key")
+        """Operator purge: everything, a path prefix (segment-wise), one key with its variants, or every entry
+        the origin labelled with one of ``tags`` (``Cache-Tag``, case-insensitive)."""
+        if sum((all, path_prefix is not None, key is not None, tags is not None)) != 1:
+            raise ValueError("purge takes exactly one of all=True, path_prefix, key or tags")
+        if tags is not None:
+            removed = 0
+            for label in dict.fromkeys(t.strip().lower() for t in tags):
+                if label:
+                    removed += await self._store.purge_tag(hc.label_tag(label))
+            return removed
         if all:
             return await self._store.purge_prefix(hc.KEY_PREFIX)
         if path_prefix is not None:

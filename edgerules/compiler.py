@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from edgerules import model
 from edgerules.diagnostics import Diagnostic, Mark, PolicyError
-from edgerules.httpcache import CacheRule
+from edgerules.httpcache import ANY_FINAL_STATUS, CacheRule
 from edgerules.kinds import ErrorKind
 from edgerules.loader import LoadedDocument, deep_merge, escape_token
 from edgerules.model import ClaimMapping, JwtConfig, MetricsConfig, RateLimitRule, StoreConfig
@@ -504,6 +504,7 @@ def _cache(ctx: _Ctx, raw: Mapping[str, Any] | None) -> model.CacheSettings | No
     d = model.CacheSettings()
     global_key_headers = tuple(str(h).lower() for h in raw.get("key_headers") or ())
     global_max = _size(raw.get("max_body_size"), CacheRule(name="", source="").max_body_size)
+    targeted = str(raw["targeted_field"]).lower() if raw.get("targeted_field") else None
     rules = []
     for i, r in enumerate(raw.get("rules") or []):
         pointer = f"/cache/rules/{i}"
@@ -511,7 +512,10 @@ def _cache(ctx: _Ctx, raw: Mapping[str, Any] | None) -> model.CacheSettings | No
         match = r.get("match") or {}
         with ctx.at(pointer):
             rules.append(
-                (compile_match(match, src), _cache_rule(r, src, match, global_key_headers, global_max))
+                (
+                    compile_match(match, src),
+                    _cache_rule(r, src, match, global_key_headers, global_max, targeted),
+                )
             )
     never = raw.get("never") or []
     never_match = None
@@ -538,8 +542,18 @@ def _cache(ctx: _Ctx, raw: Mapping[str, Any] | None) -> model.CacheSettings | No
         extra_status_headers=tuple(str(h) for h in raw.get("extra_status_headers") or ()),
         processed_header=_header_name(raw.get("processed_header")),
         key_headers=global_key_headers,
+        targeted_field=targeted,
+        invalidation=str(raw.get("invalidation", d.invalidation)),
         source=ctx.source("/cache"),
     )
+
+
+def _cache_statuses(raw: Any, default: frozenset[int]) -> frozenset[int]:
+    if raw is None:
+        return default
+    if raw == "any":
+        return ANY_FINAL_STATUS
+    return frozenset(int(s) for s in raw)
 
 
 def _cache_rule(
@@ -548,6 +562,7 @@ def _cache_rule(
     match: Mapping[str, Any],
     global_key_headers: tuple[str, ...],
     global_max: int | None,
+    targeted: str | None = None,
 ) -> CacheRule:
     d = CacheRule(name="", source="")
     key = r.get("key") or {}
@@ -561,7 +576,7 @@ def _cache_rule(
         "ttl": _duration(r.get("ttl")),
         "default_ttl": _duration(r.get("default_ttl")),
         "methods": frozenset(str(m).upper() for m in match["methods"]) if match.get("methods") else d.methods,
-        "statuses": frozenset(int(s) for s in r["statuses"]) if "statuses" in r else d.statuses,
+        "statuses": _cache_statuses(r.get("statuses"), d.statuses),
         "content_types": tuple(str(t).lower() for t in r.get("content_types") or ()),
         "max_body_size": _size(
             r.get("max_body_size"), global_max if global_max is not None else d.max_body_size
@@ -570,9 +585,13 @@ def _cache_rule(
         "override_no_store": bool(r.get("override_no_store", False)),
         "override_private": bool(r.get("override_private", False)),
         "store_set_cookie": bool(r.get("store_set_cookie", False)),
+        "replay_set_cookie": bool(r.get("store_set_cookie", False))
+        and bool(r.get("replay_set_cookie", False)),
         "stale_while_revalidate": _duration(r.get("stale_while_revalidate"), 0.0),
         "stale_if_error": _duration(r.get("stale_if_error"), 0.0),
     }
+    if targeted:
+        kwargs["targeted"] = (targeted, *d.targeted)
     # `key.principal` (default true) is passed only if CacheRule grows a field for it.
     if "key_principal" in CacheRule.__dataclass_fields__:
         kwargs["key_principal"] = bool(key.get("principal", True))

@@ -20,14 +20,16 @@ so a body-less HEAD answer can never replace a GET entry.
 
 from __future__ import annotations
 
+import calendar
 import functools
 import hashlib
 import json
 import re
 import struct
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from email.utils import formatdate, mktime_tz, parsedate_tz
+from email.utils import formatdate
 from enum import StrEnum
 from json.encoder import encode_basestring_ascii as _json_string
 from typing import Literal
@@ -44,6 +46,12 @@ KEY_PREFIX = "cache:"
 
 HOP_BY_HOP = _HOP_BY_HOP  # one definition for every path: edgerules/engine/headers.py
 NEVER_CACHED_STATUSES = frozenset({206, 304})
+# RFC 9110 15.1: statuses a cache may give heuristic freshness (without explicit freshness from the origin)
+HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+ANY_FINAL_STATUS = frozenset(range(200, 600))
+TARGETED_FIELD = "cdn-cache-control"  # RFC 9213
+CACHE_TAG_FIELD = "cache-tag"
+MAX_CACHE_TAG_BYTES = 16 * 1024  # Cloudflare's limit on the Cache-Tag field of one response
 MAX_DELTA = 2**31  # RFC 9111 1.2.2: delta-seconds saturate at 2^31
 MIN_REVALIDATION_KEEP = 60.0
 PATH_TAG_DEPTH = 6  # deeper path prefixes share the tag of their 6-segment ancestor (over-purge, never under)
@@ -73,7 +81,12 @@ class CacheRule:
     key_principal: bool = True
     override_no_store: bool = False
     override_private: bool = False
-    store_set_cookie: bool = False  # store Set-Cookie responses (the Set-Cookie field itself is never stored)
+    # Responses with Set-Cookie are stored only with store_set_cookie, and without the field unless
+    # replay_set_cookie (which sends it with every hit: only for cookies meant for every client).
+    store_set_cookie: bool = False
+    replay_set_cookie: bool = False
+    # RFC 9213 targeted fields obeyed instead of Cache-Control (and Expires), first present and valid wins
+    targeted: tuple[str, ...] = (TARGETED_FIELD,)
     stale_while_revalidate: float = 0.0  # policy default; the origin's directive wins in origin mode
     stale_if_error: float = 0.0
 
@@ -173,18 +186,120 @@ def delta_seconds(value: str | None) -> int | None:
     return min(int(value), MAX_DELTA)
 
 
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1
+    )
+}
+_DAY = r"(?:mon|tue|wed|thu|fri|sat|sun)"
+_LONG_DAY = r"(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday)"
+_MONTH = r"(?P<mon>jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)"
+_TIME = r"(?P<h>\d\d):(?P<m>\d\d):(?P<s>\d\d)"
+# RFC 9110 5.6.7: IMF-fixdate, and the obsolete rfc850-date and asctime-date; nothing else. Names are matched
+# without regard to case (recipients may be robust about case, not about structure).
+_IMF_FIXDATE = re.compile(
+    rf"{_DAY}, (?P<d>\d\d) {_MONTH} (?P<y>\d{{4}}) {_TIME} gmt", re.IGNORECASE | re.ASCII
+)
+_RFC850_DATE = re.compile(
+    rf"{_LONG_DAY}, (?P<d>\d\d)-{_MONTH}-(?P<y>\d\d) {_TIME} gmt", re.IGNORECASE | re.ASCII
+)
+_ASCTIME_DATE = re.compile(
+    rf"{_DAY} {_MONTH} (?P<d>[ \d]\d) {_TIME} (?P<y>\d{{4}})", re.IGNORECASE | re.ASCII
+)
+
+
+_SF_KEY = r"[a-z*][a-z0-9_\-.*]*"
+_SF_BARE = (
+    r'(?:-?\d{1,15}(?:\.\d{1,3})?|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*"'
+    r"|[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*|:[A-Za-z0-9+/=]*:|\?[01])"
+)
+_SF_MEMBER = re.compile(rf"(?P<key>{_SF_KEY})(?:=(?P<value>{_SF_BARE}))?(?:;\ *{_SF_KEY}(?:={_SF_BARE})?)*")
+_SF_SEPARATOR = re.compile(r"[ \t]*,[ \t]*")
+_SF_INTEGER = re.compile(r"-?\d{1,15}")
+_INTEGER_DIRECTIVES = ("max-age", "s-maxage", "stale-while-revalidate", "stale-if-error")
+
+
 @functools.lru_cache(maxsize=1024)
-def parse_http_date(value: str | None) -> float | None:
-    """Epoch seconds of an HTTP date, None when invalid (memoised: the same few Date values recur)."""
+def parse_targeted_cache_control(value: str) -> dict[str, str | None] | None:
+    """A targeted cache-control field (RFC 9213: CDN-Cache-Control and the like) as ``{directive: value}``, or
+    None when it is not a valid Structured Field Dictionary (RFC 8941 4.2.2) or a freshness directive is not an
+    integer: such a field is ignored and Cache-Control applies. Parameters are ignored, ``?0`` drops a key."""
+    text, pos, out = value.strip(" "), 0, {}
+    if not text:
+        return None
+    while True:
+        member = _SF_MEMBER.match(text, pos)
+        if member is None:
+            return None
+        raw = member["value"]
+        if member["key"] in _INTEGER_DIRECTIVES and (raw is None or not _SF_INTEGER.fullmatch(raw)):
+            return None  # a freshness directive that is not an integer: the whole field is ignored
+        if raw is None or raw == "?1":
+            out[member["key"]] = None
+        elif raw == "?0":
+            out.pop(member["key"], None)
+        elif raw.startswith('"'):
+            out[member["key"]] = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        else:
+            out[member["key"]] = raw
+        pos = member.end()
+        if pos == len(text):
+            break
+        separator = _SF_SEPARATOR.match(text, pos)
+        if separator is None or separator.end() == len(text):
+            return None
+        pos = separator.end()
+    return out
+
+
+def edge_cache_control(rule: CacheRule, response_headers: HeaderInput) -> tuple[dict[str, str | None], bool]:
+    """The cache directives this edge obeys: the first of the rule's targeted fields (RFC 9213) present with a
+    valid value, else Cache-Control. The flag says a targeted field applies (then Expires is ignored too)."""
+    resp = _view(response_headers)
+    for name in rule.targeted:
+        values = resp.get_all(name)
+        if values:
+            parsed = parse_targeted_cache_control(", ".join(values))
+            if parsed is not None:
+                return parsed, True
+    return parse_cache_control(resp.get_all("cache-control")), False
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_http_date(value: str | None, now: float | None = None) -> float | None:
+    """Epoch seconds of an HTTP-date (RFC 9110 5.6.7), None when it is not one of the three allowed forms.
+
+    A two-digit rfc850 year more than 50 years in the future means the most recent past year with those digits.
+    Memoised: the same few Date values recur (``now`` only matters for two-digit years and is rarely passed).
+    """
     if not value:
         return None
-    parsed = parsedate_tz(value.strip())
-    if parsed is None:
+    text = value.strip(" \t")
+    match = _IMF_FIXDATE.fullmatch(text) or _ASCTIME_DATE.fullmatch(text)
+    year: int
+    if match is not None:
+        year = int(match["y"])
+    else:
+        match = _RFC850_DATE.fullmatch(text)
+        if match is None:
+            return None
+        current = time_year(now)
+        year = current - current % 100 + int(match["y"])
+        if year > current + 50:
+            year -= 100
+    month, day = _MONTHS[match["mon"].lower()], int(match["d"].strip())
+    hour, minute, second = int(match["h"]), int(match["m"]), int(match["s"])
+    if not (1 <= day <= calendar.monthrange(year, month)[1] and hour < 24 and minute < 60 and second <= 60):
         return None
     try:
-        return float(mktime_tz(parsed))
+        return float(calendar.timegm((year, month, day, hour, minute, min(second, 59), 0, 0, 0)))
     except (OverflowError, ValueError):
         return None
+
+
+def time_year(now: float | None = None) -> int:
+    return time.gmtime(now).tm_year
 
 
 def http_date(ts: float) -> str:
@@ -339,14 +454,14 @@ def storable(
         return False, "head-not-stored"
     if method != "GET":
         return False, "unsafe-method"
-    if status >= 500 or status < 200 or status in NEVER_CACHED_STATUSES:
+    if status < 200 or status in NEVER_CACHED_STATUSES:
         return False, "status-never-cached"
     if status not in rule.statuses:
         return False, "status-not-in-rule"
     if body_size > rule.max_body_size:
         return False, "too-large"
     req_cc = parse_cache_control(req.get_all("cache-control"))
-    cc = parse_cache_control(resp.get_all("cache-control"))
+    cc, targeted = edge_cache_control(rule, resp)
     if "no-store" in req_cc:
         return False, "request-no-store"
     if "no-store" in cc and not rule.override_no_store:
@@ -371,15 +486,22 @@ def storable(
     has_validator = "etag" in resp or "last-modified" in resp
     if "no-cache" in cc and has_validator:
         return True, "stored-revalidate"
-    if not has_explicit_freshness(resp) and rule.default_ttl is None:
-        return False, "no-explicit-freshness"
+    if not _explicit_freshness(cc, targeted, resp):
+        if rule.default_ttl is None:
+            return False, "no-explicit-freshness"
+        if status not in HEURISTICALLY_CACHEABLE:
+            return False, "not-heuristically-cacheable"  # RFC 9111 4.2.2: explicit freshness needed
     return True, "stored"
 
 
-def has_explicit_freshness(response_headers: HeaderInput) -> bool:
+def has_explicit_freshness(rule: CacheRule, response_headers: HeaderInput) -> bool:
     resp = _view(response_headers)
-    cc = parse_cache_control(resp.get_all("cache-control"))
-    return "s-maxage" in cc or "max-age" in cc or "expires" in resp
+    cc, targeted = edge_cache_control(rule, resp)
+    return _explicit_freshness(cc, targeted, resp)
+
+
+def _explicit_freshness(cc: Mapping[str, str | None], targeted: bool, resp: HeaderView) -> bool:
+    return "s-maxage" in cc or "max-age" in cc or (not targeted and "expires" in resp)
 
 
 # --------------------------------------------------------------------------------------------- freshness
@@ -390,11 +512,11 @@ def freshness_lifetime(rule: CacheRule, response_headers: HeaderInput, now: floa
     if rule.mode == "fixed":
         return max(float(rule.ttl or 0.0), 0.0)
     resp = _view(response_headers)
-    cc = parse_cache_control(resp.get_all("cache-control"))
+    cc, targeted = edge_cache_control(rule, resp)
     for directive in ("s-maxage", "max-age"):
         if directive in cc:
             return float(delta_seconds(cc[directive]) or 0)
-    expires_values = resp.get_all("expires")
+    expires_values = () if targeted else resp.get_all("expires")
     if expires_values:
         expires = parse_http_date(expires_values[0]) if len(expires_values) == 1 else None
         if expires is None:
@@ -411,8 +533,8 @@ def current_age(entry: CacheEntry, now: float) -> float:
 
 def _corrected_initial_age(entry: CacheEntry, view: HeaderView) -> float:
     age_value = 0
-    for raw in view.get_all("age"):
-        parsed = delta_seconds(raw.strip())
+    for raw in view.get_all("age"):  # RFC 9111 5.1: a list (invalid, but seen) counts by its first value
+        parsed = delta_seconds(raw.split(",", 1)[0].strip())
         if parsed is not None:
             age_value = parsed
             break
@@ -442,9 +564,9 @@ def stale_windows(rule: CacheRule, entry: CacheEntry) -> tuple[float, float]:
     """
     if rule.mode == "fixed":
         return rule.stale_while_revalidate, rule.stale_if_error
-    cc = parse_cache_control(entry.view.get_all("cache-control"))
-    if "must-revalidate" in cc or "proxy-revalidate" in cc:
-        return 0.0, 0.0
+    cc, _ = edge_cache_control(rule, entry.view)
+    if "must-revalidate" in cc or "proxy-revalidate" in cc or "no-cache" in cc:
+        return 0.0, 0.0  # no stale use at all, not even when the origin is unreachable (RFC 9111 4.2.4)
     implied = "s-maxage" in cc
     windows = []
     for directive, default in (
@@ -467,7 +589,7 @@ def classify(rule: CacheRule, entry: CacheEntry, now: float, request_headers: He
     age = current_age(entry, now)
     lifetime = freshness_lifetime(rule, entry.view, entry.response_time)
     if rule.mode == "origin":
-        cc = parse_cache_control(entry.view.get_all("cache-control"))
+        cc, _ = edge_cache_control(rule, entry.view)
         if "no-cache" in cc:
             return Freshness.MUST_REVALIDATE
         if _request_forces_revalidation(_view(request_headers), age, lifetime):
@@ -775,6 +897,19 @@ def key_header_values(names: Iterable[str], request_headers: HeaderInput) -> dic
     """The values of a rule's ``key_headers`` in a request (None when absent), for :func:`cache_key`."""
     req = _view(request_headers)
     return {n.lower(): req.joined(n) for n in names}
+
+
+def cache_tags(response_headers: HeaderInput) -> tuple[str, ...]:
+    """Store tags for the origin's ``Cache-Tag`` labels (comma-separated, case-insensitive, the field read up to
+    16 KB as Cloudflare does), hashed like the path tags."""
+    text = ",".join(_view(response_headers).get_all(CACHE_TAG_FIELD))[:MAX_CACHE_TAG_BYTES]
+    labels = dict.fromkeys(t.strip().lower() for t in text.split(","))
+    return tuple(label_tag(label) for label in labels if label)
+
+
+def label_tag(label: str) -> str:
+    """The store tag purging every entry an origin labelled ``label`` with ``Cache-Tag``."""
+    return "cache-label:" + _path_digest(label.strip().lower())
 
 
 def _path_digest(path: str) -> str:

@@ -45,6 +45,7 @@ ErrorKind = Literal[
     "upstream_timeout",
     "upstream_unreachable",
     "upstream_too_large",
+    "upstream_protocol_error",
     "all_regions_down",
     "auth_unavailable",
     "limits_unavailable",

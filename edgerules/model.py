@@ -253,7 +253,15 @@ class CacheSettings:
     extra_status_headers: tuple[str, ...] = ()
     processed_header: str | None = None
     key_headers: tuple[str, ...] = ()
+    targeted_field: str | None = None  # lower-cased; obeyed before CDN-Cache-Control (RFC 9213)
+    invalidation: str = "authenticated"  # who invalidates with an unsafe method: "authenticated" | "any"
     source: str = ""
+
+    @property
+    def edge_only_headers(self) -> tuple[str, ...]:
+        """Response fields meant for this edge alone, removed before the client sees a response (CDN-Cache-Control
+        is for every CDN on the way, so it is forwarded)."""
+        return (*((self.targeted_field,) if self.targeted_field else ()), "cache-tag")
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +326,7 @@ DEFAULT_ERRORS: dict[ErrorKind, ErrorAnswer] = {
     "upstream_timeout": ErrorAnswer(504, "Request timeout"),
     "upstream_unreachable": ErrorAnswer(502, "Upstream unreachable"),
     "upstream_too_large": ErrorAnswer(502, "Upstream response too large"),
+    "upstream_protocol_error": ErrorAnswer(502, "Invalid response from upstream"),
     "all_regions_down": ErrorAnswer(503, "Service temporarily unavailable", retry_after=30),
     "auth_unavailable": ErrorAnswer(503, "Authentication service unavailable", retry_after=5),
     "limits_unavailable": ErrorAnswer(503, "Rate limiting unavailable", retry_after=5),

@@ -357,6 +357,10 @@ class EdgeMetrics:
         self.cache_requests = r.counter(
             "edgerules_cache_requests_total", "Requests by edge cache status (HIT, MISS...).", ("status",)
         )
+        self.cache_stores_skipped = r.counter(
+            "edgerules_cache_stores_skipped_total",
+            "Cacheable responses served but not stored because too many cache stores were in flight (overload).",
+        )
         self.cache_hit_ratio = r.gauge(
             "edgerules_cache_hit_ratio",
             "Share of cache lookups (all statuses except BYPASS) served from the cache; 0 before any lookup.",

@@ -74,6 +74,16 @@ class WatchError(EdgeRulesError):
     """The policy files cannot be checked (not a regular file, a check that does not finish)."""
 
 
+MAX_STORES_IN_FLIGHT = 256
+"""Cache stores running at once (each holds one response body); past it responses are served but not stored."""
+
+
+@dataclass(slots=True)
+class CacheStats:
+    stores_in_flight: int = 0
+    stores_skipped: int = 0  # cacheable responses not stored because MAX_STORES_IN_FLIGHT were running
+
+
 @dataclass(frozen=True, slots=True)
 class FinalResponse:
     status: int
@@ -181,6 +191,7 @@ class EdgeRuntime:
         self._started = False
         self._stopped = False
         self._wake: asyncio.Event | None = None  # wakes the running policy watcher (the interval changed)
+        self.cache_stats = CacheStats()
 
     # ------------------------------------------------------------------------------------------ policy lifecycle
 
@@ -557,7 +568,7 @@ class EdgeRuntime:
 
     # ------------------------------------------------------------------------------------------ after responses
 
-    def after_response(
+    async def after_response(
         self,
         exchange: Exchange,
         req: EdgeRequest,
@@ -565,8 +576,10 @@ class EdgeRuntime:
         headers: Sequence[tuple[str, str]],
         body: bytes | None,
     ) -> None:
-        """Cache stores, invalidations and stale-while-revalidate refreshes run as background tasks: the
-        client never waits for them."""
+        """Cache store and invalidations, done before the client gets the response (read-your-writes: the next
+        request sees the entry, or no longer sees an invalidated one). At most `MAX_STORES_IN_FLIGHT` stores run
+        at once: past that a cacheable response is not stored (counted) rather than queued; an invalidation is
+        never skipped. Stale-while-revalidate refreshes still run in the background."""
         if self.state is None:
             return
         ctx = exchange.decision.context
@@ -575,32 +588,46 @@ class EdgeRuntime:
         if not isinstance(exchange.decision.outcome, Forward):
             return
         cache = self.state.cache
-        if ctx.cache_rule is not None and ctx.cache_key and body is not None:
-            now = time.time()
-            self._background(
-                cache.store(
-                    ctx.cache_rule,
-                    ctx.cache_key,
-                    ctx.path or req.path,
-                    req.method,
-                    (ctx.cache_request_headers or req.headers).pairs,
-                    status,
-                    list(exchange.extra.get("origin_headers", headers)),  # type: ignore[call-overload]
-                    body,
-                    now - (exchange.upstream_seconds or 0.0),
-                    now,
-                )
-            )
-        # Only an authenticated request may invalidate shared entries: an anonymous unsafe request (a public
-        # path's POST) would otherwise let anyone keep a cached answer cold.
-        if exchange.policy.cache is not None and ctx.identity is not None and invalidates(req.method, status):
+        origin_headers = list(exchange.extra.get("origin_headers", headers))  # type: ignore[call-overload]
+        # By default only an authenticated request may invalidate shared entries: an anonymous unsafe request (a
+        # public path's POST) would otherwise let anyone keep a cached answer cold (`cache.invalidation: any`
+        # follows RFC 9111 4.4 for every client).
+        may_invalidate = ctx.identity is not None or (
+            exchange.policy.cache is not None and exchange.policy.cache.invalidation == "any"
+        )
+        if exchange.policy.cache is not None and may_invalidate and invalidates(req.method, status):
             path = ctx.path or req.path
-            origin_headers = list(exchange.extra.get("origin_headers", headers))  # type: ignore[call-overload]
             # RFC 9111 4.4: the target URI and same-origin Location / Content-Location targets
             for target in dict.fromkeys(
                 (path, *invalidation_targets(req.scheme, req.host, path, origin_headers))
             ):
-                self._background(cache.invalidate_url(req.scheme, req.host, target))
+                await cache.invalidate_url(req.scheme, req.host, target)
+        if ctx.cache_rule is None or not ctx.cache_key or body is None:
+            return
+        stats = self.cache_stats
+        if stats.stores_in_flight >= MAX_STORES_IN_FLIGHT:
+            stats.stores_skipped += 1
+            if self.metrics is not None:
+                self.metrics.prometheus.cache_stores_skipped.inc()
+            self._note(exchange.decision, "cache", ctx.cache_rule.name, "not-stored", "overload")
+            return
+        now = time.time()
+        stats.stores_in_flight += 1
+        try:
+            await cache.store(
+                ctx.cache_rule,
+                ctx.cache_key,
+                ctx.path or req.path,
+                req.method,
+                (ctx.cache_request_headers or req.headers).pairs,
+                status,
+                origin_headers,
+                body,
+                now - (exchange.upstream_seconds or 0.0),
+                now,
+            )
+        finally:
+            stats.stores_in_flight -= 1
 
     # ------------------------------------------------------------------------------ cache revalidation (RFC 9111/5861)
 

@@ -197,7 +197,10 @@ def _should_descend(error: ValidationError, schema: dict[str, Any]) -> bool:
 
 
 def _is_inner(error: ValidationError) -> bool:
-    """Not just "this branch wants another type": a problem inside a value of the branch's type."""
+    """Not just "this branch wants another type": a problem inside a value of the branch's type (a list or
+    mapping measured against a constant such as `any` is of another type too)."""
+    if error.validator in ("const", "enum") and isinstance(error.instance, dict | list):
+        return len(error.relative_path) > 0
     return error.validator != "type" or len(error.relative_path) > 0
 
 

@@ -669,15 +669,6 @@ def _check_cache(c: _Checker, data: dict[str, Any]) -> None:
     public = _public_matches(data)
     for i, rule in _dicts(_get(data, "cache", "rules")):
         pointer = f"/cache/rules/{i}"
-        statuses = rule.get("statuses")
-        if isinstance(statuses, list):
-            for j, s in enumerate(statuses):
-                if isinstance(s, int) and not isinstance(s, bool) and s >= 400:
-                    c.error(
-                        f"{pointer}/statuses/{j}",
-                        f"cache rule may not store status {s}: error responses are never cached",
-                        "list only 2xx/3xx statuses such as [200, 203, 301]",
-                    )
         mode = rule.get("mode", "fixed")
         if mode == "fixed" and "ttl" in rule and _seconds(rule.get("ttl")) == 0:
             c.warning(

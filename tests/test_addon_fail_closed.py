@@ -48,7 +48,7 @@ def _break_finish(addon: EdgeRules, monkeypatch) -> None:
 
 def test_response_gets_the_policys_headers(addon):
     flow = _decided(addon, "/api/v1/calls/1")
-    addon.response(flow)
+    asyncio.run(addon.response(flow))
     assert flow.response.status_code == 200
     assert flow.response.headers["X-Frame-Options"] == "DENY"
 
@@ -56,7 +56,7 @@ def test_response_gets_the_policys_headers(addon):
 def test_a_failure_before_the_headers_are_set_answers_500_instead_of_the_origins_response(addon, monkeypatch):
     flow = _decided(addon, "/api/v1/calls/1")
     _break_finish(addon, monkeypatch)
-    addon.response(flow)
+    asyncio.run(addon.response(flow))
     assert flow.response.status_code == 500
     assert b"the origin's body" not in flow.response.content
     assert flow.response.headers["Content-Type"] == "application/json"

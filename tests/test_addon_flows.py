@@ -46,9 +46,9 @@ def test_the_state_of_a_flow_is_forgotten_when_it_ends(addon):
     forwarded = decided(addon, "/api/v1/calls/1", bearer("alice"))
     assert answered.response.status_code == 400 and forwarded.response is None
     assert set(addon.live) == {answered.id, forwarded.id}
-    addon.response(answered)
+    asyncio.run(addon.response(answered))
     forwarded.response = http.Response.make(200, b"{}", {"Content-Type": "application/json"})
-    addon.response(forwarded)
+    asyncio.run(addon.response(forwarded))
     assert forwarded.response.headers["X-Frame-Options"] == "DENY"  # still decided with the live state
     assert addon.live == {}
 
@@ -72,7 +72,7 @@ def test_flows_that_never_end_cannot_grow_the_table(addon, monkeypatch):
     # a forgotten flow that comes back is refused, never passed on with the origin's response unchecked
     oldest = flows[0]
     oldest.response = http.Response.make(200, b"the origin's body", {"Content-Type": "text/plain"})
-    addon.response(oldest)
+    asyncio.run(addon.response(oldest))
     assert oldest.response.status_code == 500
     assert b"the origin's body" not in oldest.response.content
 
@@ -81,7 +81,7 @@ def test_flow_metadata_is_plain_data(addon):
     for flow in (decided(addon, "/admin/secrets"), decided(addon, "/api/v1/calls/1", bearer("alice"))):
         if flow.response is None:
             flow.response = http.Response.make(200, b"{}", {"Content-Type": "application/json"})
-        addon.response(flow)
+        asyncio.run(addon.response(flow))
         copied = flow.copy()  # deep-copies metadata: fails on live objects (compiled regex sets)
         assert copied.metadata == flow.metadata
         http.HTTPFlow.from_state(flow.get_state())
@@ -90,7 +90,7 @@ def test_flow_metadata_is_plain_data(addon):
 def test_flow_metadata_carries_the_decision(addon):
     flow = decided(addon, "/api/v1/calls/1", bearer("alice"))
     flow.response = http.Response.make(200, b"{}", {"Content-Type": "application/json"})
-    addon.response(flow)
+    asyncio.run(addon.response(flow))
     data = flow.metadata["edgerules"]
     assert data["outcome"] == "forward" and data["auth"] == "jwt" and data["status"] == 200
     assert data["trace"] and all(
@@ -107,7 +107,7 @@ def test_an_internal_error_is_marked_and_named(addon, monkeypatch):
         raise RuntimeError("a bug in the response phase")
 
     monkeypatch.setattr(addon.runtime, "finish", broken)
-    addon.response(flow)
+    asyncio.run(addon.response(flow))
     assert flow.response.status_code == 500
     assert flow.marked == ":no_entry:"
     assert flow.comment.startswith("edge error: 500 internal_error")

@@ -100,6 +100,18 @@ def test_set_cookie_response_stored_without_the_cookie(cache, clock):
     run(go())
 
 
+def test_set_cookie_replayed_only_when_the_rule_says_so(cache, clock):
+    async def go():
+        k = key_for()
+        rule = replace(RULE, store_set_cookie=True, replay_set_cookie=True)
+        assert await put(cache, clock, k, resp=[*JSON, ("Set-Cookie", "lang=en")], rule=rule)
+        hit = await cache.lookup(rule, k, "GET", [])
+        assert hit.status is CacheStatus.HIT
+        assert hc.HeaderView(hit.entry.headers).get_all("set-cookie") == ["lang=en"]
+
+    run(go())
+
+
 def test_users_a_and_b_are_isolated(cache, clock):
     async def go():
         a_headers = {"Authorization": "Bearer token-of-alice"}

@@ -95,8 +95,8 @@ JSON = [("Content-Type", "application/json")]
             503,
             JSON,
             10,
-            False,
-            "status-never-cached",
+            True,
+            "stored",
         ),
         (replace(FIXED, statuses=frozenset({206})), "GET", [], 206, JSON, 10, False, "status-never-cached"),
         (FIXED, "GET", [], 200, JSON, 1_000_001, False, "too-large"),
@@ -771,3 +771,184 @@ def test_decoded_records_are_reused_per_exact_bytes_and_bounded(monkeypatch):
     assert big not in hc._decoded  # large bodies are decoded each time, never held twice
     with pytest.raises(ValueError):
         hc.decode_record(b"ERC1garbage")
+
+
+# ------------------------------------------------------------------ RFC 9110 5.6.7 HTTP-date, strictly
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Sun, 06 Nov 1994 08:49:37 GMT",  # IMF-fixdate
+        "Sunday, 06-Nov-94 08:49:37 GMT",  # obsolete RFC 850 format
+        "Sun Nov  6 08:49:37 1994",  # ANSI C's asctime() format
+        "SUN, 06 NOV 1994 08:49:37 gmt",  # names in another case: robust, the structure is the same
+    ],
+)
+def test_the_three_http_date_forms_are_parsed(value):
+    assert hc.parse_http_date(value) == 784111777.0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Sun, 06 Nov 1994 08:49:37 UTC",  # only GMT
+        "Sun, 06 Nov 1994 08:49:37 AEST",
+        "Sun, 06 Nov 1994 08:49:37 +0000",
+        "Sun, 06 Nov 94 08:49:37 GMT",  # IMF-fixdate has a 4-digit year
+        "Sun 06 Nov 1994 08:49:37 GMT",  # no comma
+        "Sun, 06  Nov  1994 08:49:37 GMT",  # extra spaces
+        "Sun, 06-Nov-1994 08:49:37 GMT",  # dashes in an IMF-fixdate
+        "Sun, 06 Nov 1994 08.49.37 GMT",  # periods
+        "Sun, 06 Nov 1994 8:49:37 GMT",  # 1-digit hour
+        "Sun, 31 Feb 1994 08:49:37 GMT",  # no such day
+        "0",
+        "-1",
+    ],
+)
+def test_anything_else_is_not_an_http_date(value):
+    assert hc.parse_http_date(value) is None
+
+
+def test_rfc850_two_digit_year_more_than_50_years_ahead_is_in_the_past():
+    now = hc.parse_http_date("Mon, 07 Dec 2026 00:00:00 GMT")
+    assert hc.time_year(hc.parse_http_date("Thursday, 18-Aug-50 02:01:18 GMT", now)) == 2050
+    assert hc.time_year(hc.parse_http_date("Friday, 18-Aug-95 02:01:18 GMT", now)) == 1995
+
+
+@pytest.mark.parametrize(
+    "expires", ["Sun, 06 Nov 2050 08:49:37 UTC", "Sun, 06 Nov 50 08:49:37 GMT", "tomorrow"]
+)
+def test_an_invalid_expires_means_already_stale(expires):
+    """RFC 9111 5.3: a cache recipient MUST interpret invalid date formats as a time in the past."""
+    e = entry([("Date", DATE0), ("Expires", expires)])
+    assert hc.storable(ORIGIN, "GET", [], 200, e.headers, 2)[0]  # explicit freshness, of zero
+    assert hc.freshness_lifetime(ORIGIN, e.view, T0) == 0.0
+    assert hc.classify(ORIGIN, e, T0 + 1) is not Freshness.FRESH
+
+
+# ----------------------------------------------------------------------------------- Age (RFC 9111 5.1)
+
+
+@pytest.mark.parametrize(("value", "age"), [("7200, 0", 7200), ("0, 7200", 0), ("7200", 7200), ("abc", 0)])
+def test_an_age_list_counts_by_its_first_value(value, age):
+    e = entry([("Date", DATE0), ("Cache-Control", "max-age=3600"), ("Age", value)])
+    assert hc.current_age(e, T0) == age
+    assert (hc.classify(ORIGIN, e, T0) is Freshness.FRESH) == (age < 3600)
+
+
+# -------------------------------------------------------------- statuses: explicit freshness vs heuristic
+
+
+@pytest.mark.parametrize("status", [203, 299, 302, 307, 400, 404, 410, 499, 500, 502, 503, 504, 599])
+def test_any_final_status_with_explicit_freshness_is_stored(status):
+    rule = replace(ORIGIN, statuses=hc.ANY_FINAL_STATUS)
+    ok, reason = hc.storable(rule, "GET", [], status, [("Cache-Control", "max-age=60")], 2)
+    assert (ok, reason) == (True, "stored")
+    assert hc.storable(rule, "GET", [], status, [("Expires", hc.http_date(T0 + 60)), ("Date", DATE0)], 2)[0]
+
+
+@pytest.mark.parametrize(
+    ("status", "stored"), [(200, True), (404, True), (410, True), (302, False), (500, False)]
+)
+def test_heuristic_freshness_only_for_heuristically_cacheable_statuses(status, stored):
+    """RFC 9111 4.2.2: `default_ttl` (heuristic freshness) only for statuses RFC 9110 defines as such."""
+    rule = replace(ORIGIN, statuses=hc.ANY_FINAL_STATUS, default_ttl=60.0)
+    assert hc.storable(rule, "GET", [], status, [("Content-Type", "text/plain")], 2)[0] is stored
+
+
+@pytest.mark.parametrize("status", [100, 103, 206, 304])
+def test_interim_partial_and_not_modified_are_never_stored(status):
+    rule = replace(ORIGIN, statuses=frozenset(range(100, 600)))
+    assert hc.storable(rule, "GET", [], status, [("Cache-Control", "max-age=60")], 2) == (
+        False,
+        "status-never-cached",
+    )
+
+
+# ------------------------------------------------------------------------ stale use (RFC 9111 4.2.4)
+
+
+@pytest.mark.parametrize("directive", ["must-revalidate", "proxy-revalidate", "no-cache", "s-maxage=2"])
+def test_directives_that_forbid_serving_stale_even_when_disconnected(directive):
+    rule = replace(ORIGIN, stale_if_error=3600.0)
+    e = entry([("Date", DATE0), ("Cache-Control", f"max-age=2, {directive}")])
+    assert hc.stale_windows(rule, e) == (0.0, 0.0)
+    assert not hc.stale_if_error_ok(rule, e, T0 + 10)
+
+
+def test_the_rules_stale_if_error_applies_when_the_origin_says_nothing():
+    rule = replace(ORIGIN, stale_if_error=3600.0)
+    e = entry([("Date", DATE0), ("Cache-Control", "max-age=2")])
+    assert hc.stale_if_error_ok(rule, e, T0 + 10)
+
+
+# ------------------------------------------------------------- targeted fields (RFC 9213 CDN-Cache-Control)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("max-age=3600", {"max-age": "3600"}),
+        ("foobar, max-age=3600", {"foobar": None, "max-age": "3600"}),
+        ("max-age=99999999999", {"max-age": "99999999999"}),
+        ("no-store;x=1, private", {"no-store": None, "private": None}),
+        ("max-age =100", None),  # not a Structured Field dictionary
+        ("max-age= 100", None),
+        ("MaX-aGe=3600", None),  # keys are lower case
+        ("max-age=10000, &&&&&", None),
+        ('max-age="10000"', None),  # a string where an integer belongs
+        ("max-age", None),
+        ("max-age=1,", None),
+    ],
+)
+def test_targeted_field_is_a_structured_field_dictionary(value, expected):
+    assert hc.parse_targeted_cache_control(value) == expected
+
+
+def _fresh_for(rule, headers):
+    return hc.freshness_lifetime(rule, headers, T0)
+
+
+def test_cdn_cache_control_takes_precedence_over_cache_control_and_expires():
+    expires = ("Expires", hc.http_date(T0 + 3600))
+    assert _fresh_for(ORIGIN, [("Cache-Control", "max-age=1"), ("CDN-Cache-Control", "max-age=3600")]) == 3600
+    assert _fresh_for(ORIGIN, [("Cache-Control", "max-age=3600"), ("CDN-Cache-Control", "max-age=1")]) == 1
+    assert _fresh_for(ORIGIN, [("Date", DATE0), expires, ("CDN-Cache-Control", "max-age=0")]) == 0
+    # invalid: ignored, Cache-Control applies
+    assert _fresh_for(ORIGIN, [("Cache-Control", "max-age=5"), ("CDN-Cache-Control", 'max-age="9"')]) == 5
+    stored = hc.storable(
+        ORIGIN, "GET", [], 200, [("Cache-Control", "no-store"), ("CDN-Cache-Control", "max-age=9")], 2
+    )
+    assert stored == (True, "stored")
+    for directive, reason in (("no-store", "no-store"), ("private", "private")):
+        headers = [("Cache-Control", "max-age=10000"), ("CDN-Cache-Control", directive)]
+        assert hc.storable(ORIGIN, "GET", [], 200, headers, 2) == (False, reason)
+    no_cache = entry([("Date", DATE0), ("Cache-Control", "max-age=10000"), ("CDN-Cache-Control", "no-cache")])
+    assert hc.classify(ORIGIN, no_cache, T0) is Freshness.MUST_REVALIDATE
+
+
+def test_the_policys_targeted_field_goes_before_cdn_cache_control():
+    rule = replace(ORIGIN, targeted=("edgerules-cache-control", "cdn-cache-control"))
+    headers = [
+        ("Cache-Control", "max-age=1"),
+        ("CDN-Cache-Control", "max-age=60"),
+        ("Edgerules-Cache-Control", "max-age=600"),
+    ]
+    assert _fresh_for(rule, headers) == 600
+    assert _fresh_for(ORIGIN, headers) == 60  # a rule without it ignores the field
+
+
+# ------------------------------------------------------------------------------------------- Cache-Tag
+
+
+def test_cache_tags_are_comma_separated_case_insensitive_and_bounded():
+    tags = hc.cache_tags([("Cache-Tag", "Product-1, news ,product-1,,"), ("Cache-Tag", "Extra")])
+    assert tags == (hc.label_tag("product-1"), hc.label_tag("news"), hc.label_tag("extra"))
+    assert hc.label_tag("NEWS") == hc.label_tag("news")
+    huge = ",".join(f"t{i:05d}" for i in range(5000))  # 35 KB: only the first 16 KB count
+    assert len(hc.cache_tags([("Cache-Tag", huge)])) == hc.MAX_CACHE_TAG_BYTES // 7 + 1
+
+
+def test_connection_nominated_fields_are_not_stored():
+    assert hc.storable_headers([("Connection", "a, b"), ("a", "1"), ("b", "2"), ("c", "3")]) == (("c", "3"),)

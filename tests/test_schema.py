@@ -351,12 +351,12 @@ BROKEN = [
         id="cors-origin",
     ),
     pytest.param(
-        "cache:\n  rules:\n    - {name: a, match: {}, ttl: 1m, statuses: [200, 500]}\n",
+        "cache:\n  rules:\n    - {name: a, match: {}, ttl: 1m, statuses: [200, 103]}\n",
         3,
         53,
-        "cache.rules[0].statuses[1]: expected a status below 400 (errors are never cached), got 500",
+        "cache.rules[0].statuses[1]: expected a final status (200-599), got 103",
         "",
-        id="cache-error-status",
+        id="cache-interim-status",
     ),
     pytest.param(
         "validation:\n  methods: [GET, POST, GET]\n",

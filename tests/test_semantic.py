@@ -152,9 +152,10 @@ def test_cache_principal_false_only_on_public_paths() -> None:
     assert check("cache:\n  rules:\n    - {name: h, ttl: 1m, key: {principal: false}}\n") == []
 
 
-def test_cache_error_statuses() -> None:
-    diags = check("cache:\n  rules:\n    - {name: h, ttl: 1m, statuses: [200, 301, 500]}\n")
-    assert [d.pointer for d in diags] == ["/cache/rules/0/statuses/2"]
+def test_cache_error_statuses_may_be_stored() -> None:
+    """RFC 9111 3: any final status may be stored with explicit freshness (an origin's fresh 404 or 503 too)."""
+    assert check("cache:\n  rules:\n    - {name: h, ttl: 1m, statuses: [200, 301, 500]}\n") == []
+    assert check("cache:\n  rules:\n    - {name: h, ttl: 1m, statuses: any}\n") == []
 
 
 def test_cors() -> None:

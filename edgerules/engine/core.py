@@ -1007,6 +1007,8 @@ def response_headers(
     if headers.processed_region and ctx.region:
         to_set.append((headers.processed_region, ctx.region))
     cache = policy.cache
+    if cache is not None:
+        to_remove.extend(cache.edge_only_headers)  # the policy's targeted field, Cache-Tag
     if cache is not None and ctx.cache_status:
         to_set.append((cache.status_header, ctx.cache_status))
         to_set.extend((name, ctx.cache_status) for name in cache.extra_status_headers)

@@ -10,13 +10,15 @@ edits. What happens next depends on what the origins do, and that is decided her
 `connect_error`, `timeout`, `protocol_error`). The rules, in one place:
 
 - `connect_error` (nothing was sent): the next target; after the last one, 503 `all_regions_down`.
-- `protocol_error` (the origin broke the exchange): the next target for idempotent methods, else stop (503).
+- `protocol_error` (the origin broke the exchange): the next target for idempotent methods, else stop; 502
+  `upstream_protocol_error` (one origin's fault, not every region down).
 - `timeout`: stop, 504 `upstream_timeout` (the request may have had effects; waiting again would double the
   client's wait).
 - a 304 to the conditional request the engine made from a stored entry: the entry, freshened by the 304,
   answers the client (`REVALIDATED`, `Done.freshen` is what the cache writes); a 304 that does not select the
   entry: the request again, from the first target, without conditions.
-- a 5xx, or any stop above, while the stored entry is within its stale-if-error window: the entry (`STALE`).
+- a 5xx, or any stop above, while the stored entry is within its stale-if-error window: the entry (`STALE`);
+  not a stored 5xx in place of the origin's own 5xx.
 - any other response: relayed to the client (`Done.relay`).
 
 The live edge (`runtime.forward`, and the stale-while-revalidate refresh), `edgerules test` and
@@ -110,6 +112,8 @@ def next_step(policy: Policy, decision: Decision, step: Try, event: OriginEvent,
             if event.kind == TIMEOUT
             else "upstream_too_large"
             if event.kind == TOO_LARGE
+            else "upstream_protocol_error"
+            if event.kind == PROTOCOL_ERROR
             else "all_regions_down"
         )
         ctx = dataclasses.replace(decision.context, error=kind)
@@ -128,7 +132,7 @@ def next_step(policy: Policy, decision: Decision, step: Try, event: OriginEvent,
             notes = (*notes, TraceEntry("cache", rule.name, "refetch", "304 for another entry"))
             return _try(forward, step, 0, notes, True)
         return _from_entry(decision, merged, "REVALIDATED", now, notes, target, freshen=merged)
-    if event.status >= 500:
+    if event.status >= 500 and ctx.cache_lookup is not None and _entry_status(ctx.cache_lookup) < 500:
         stale = _stale_if_error(decision, step, now, notes, target)
         if stale is not None:
             return stale
@@ -146,6 +150,10 @@ def _try(
     if unconditional:
         edits = edits.without_set(_CONDITIONAL)
     return Try(target, attempt, step.method, edits, unconditional, notes)
+
+
+def _entry_status(lookup) -> int:
+    return lookup.entry.status if lookup.entry is not None else 0
 
 
 def _made_conditional(decision: Decision) -> bool:
@@ -179,8 +187,9 @@ def _from_entry(
     freshen: CacheEntry | None = None,
 ) -> Done:
     ctx = decision.context
-    request_headers = decision.request.headers if decision.request is not None else ()
-    answer = answer_from_entry(entry, request_headers, now)
+    request = decision.request
+    request_headers = request.headers if request is not None else ()
+    answer = answer_from_entry(entry, request_headers, now, request.method if request is not None else "GET")
     changes: dict[str, Any] = {"cache_status": status, "error": None}
     if target is not None:
         changes.update(region=target.region, routing_priority=target.priority)
