@@ -731,6 +731,66 @@ def not_modified_headers(entry: CacheEntry, now: float) -> list[tuple[str, str]]
     ]
 
 
+_BYTE_RANGE = re.compile(r"(\d{1,18})?-(\d{1,18})?")
+
+
+def byte_range(request_headers: HeaderInput, entry: CacheEntry) -> tuple[int, int] | Literal[False] | None:
+    """The one byte range a GET asks of a stored complete 200 (RFC 9110 14.2): ``(first, last)`` inclusive,
+    ``False`` when it cannot be satisfied (answer 416), None when the whole response is the answer: no Range,
+    an ``If-Range`` that does not match, a unit other than bytes, several ranges, or a malformed field (a cache
+    may always ignore Range)."""
+    req = _view(request_headers)
+    values = req.get_all("range")
+    if len(values) != 1 or entry.status != 200:
+        return None
+    if (if_range := req.joined("if-range")) is not None and not _if_range_matches(if_range.strip(), entry):
+        return None
+    unit, eq, spec = values[0].partition("=")
+    if not eq or unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    match = _BYTE_RANGE.fullmatch(spec.strip())
+    if match is None or (match[1] is None and match[2] is None):
+        return None
+    size = len(entry.body)
+    if match[1] is None:  # suffix: the last N bytes
+        suffix = int(match[2])
+        if suffix == 0 or size == 0:
+            return False
+        return max(size - suffix, 0), size - 1
+    first = int(match[1])
+    if match[2] is not None and int(match[2]) < first:
+        return None  # invalid range-spec: ignored
+    if first >= size:
+        return False
+    last = size - 1 if match[2] is None else min(int(match[2]), size - 1)
+    return first, last
+
+
+def _if_range_matches(value: str, entry: CacheEntry) -> bool:
+    """If-Range: a strong entity-tag equal to the stored one, or exactly the stored Last-Modified."""
+    if value.startswith(('"', "W/")):
+        tags = _etags(value)
+        stored = _etags(entry.view.joined("etag") or "")
+        return bool(tags and stored) and not tags[0][0] and not stored[0][0] and tags[0][1] == stored[0][1]
+    date = parse_http_date(value)
+    return date is not None and date == parse_http_date(entry.view.joined("last-modified"))
+
+
+def partial_answer(
+    entry: CacheEntry, headers: list[tuple[str, str]], request_headers: HeaderInput
+) -> tuple[int, list[tuple[str, str]], bytes] | None:
+    """A 206 or 416 answered from a stored 200 for a Range request; None to answer the whole response."""
+    wanted = byte_range(request_headers, entry)
+    if wanted is None:
+        return None
+    size = len(entry.body)
+    kept = [(n, v) for n, v in headers if n.lower() not in ("content-length", "content-range")]
+    if wanted is False:
+        return 416, [*kept, ("Content-Range", f"bytes */{size}")], b""
+    first, last = wanted
+    return 206, [*kept, ("Content-Range", f"bytes {first}-{last}/{size}")], entry.body[first : last + 1]
+
+
 def revalidation_headers(entry: CacheEntry) -> dict[str, str]:
     """Validators to send to the origin so it can answer 304 (RFC 9111 4.3.1)."""
     stored = entry.view

@@ -183,6 +183,20 @@ def test_set_cookie_is_stored_and_replayed_when_the_policy_says_so(edge, origin)
     assert second.headers["Set-Cookie"] == first.headers["Set-Cookie"] == "lang=en"
 
 
+def test_a_range_request_is_answered_from_the_stored_200(edge, origin):
+    """RFC 9110 14: a cache may answer a Range request from a stored complete response: 206, or 416."""
+    path = unique("range")
+    full = get(edge, path, {"Cache-Control": "max-age=300"})
+    part = get(edge, path, Range="bytes=0-1")
+    assert part.status == 206 and part.headers[STATUS] == "HIT"
+    assert part.body == full.body[:2]
+    assert part.headers["Content-Range"] == f"bytes 0-1/{len(full.body)}"
+    assert part.headers["Content-Length"] == "2"
+    beyond = get(edge, path, Range=f"bytes={len(full.body)}-")
+    assert beyond.status == 416 and beyond.headers["Content-Range"] == f"bytes */{len(full.body)}"
+    assert origin.hits(path) == 1
+
+
 # ------------------------------------------------------------------------------- CDN-Cache-Control (RFC 9213)
 
 

@@ -952,3 +952,63 @@ def test_cache_tags_are_comma_separated_case_insensitive_and_bounded():
 
 def test_connection_nominated_fields_are_not_stored():
     assert hc.storable_headers([("Connection", "a, b"), ("a", "1"), ("b", "2"), ("c", "3")]) == (("c", "3"),)
+
+
+# ------------------------------------------------------------------------ Range from a stored 200 (RFC 9110 14)
+
+BODY = b"01234567890"
+
+
+def _answer(range_value=None, **extra):
+    from edgerules.engine.core import answer_from_entry
+
+    stored = entry([("Date", DATE0), ("Cache-Control", "max-age=60"), ("ETag", '"v1"')], body=BODY)
+    method = extra.pop("method", "GET")
+    headers = dict(extra)
+    if range_value is not None:
+        headers["Range"] = range_value
+    return answer_from_entry(stored, headers, T0, method)
+
+
+@pytest.mark.parametrize(
+    ("value", "content_range", "body"),
+    [
+        ("bytes=0-1", "bytes 0-1/11", b"01"),
+        ("bytes=1-", "bytes 1-10/11", b"1234567890"),
+        ("bytes=-1", "bytes 10-10/11", b"0"),
+        ("bytes=-100", "bytes 0-10/11", BODY),
+        ("bytes=5-100", "bytes 5-10/11", b"567890"),
+        ("BYTES = 0-1", "bytes 0-1/11", b"01"),
+    ],
+)
+def test_a_range_of_a_stored_200_is_a_206(value, content_range, body):
+    answer = _answer(value)
+    assert answer.status == 206 and answer.body == body
+    assert dict(answer.headers)["Content-Range"] == content_range
+
+
+@pytest.mark.parametrize("value", ["bytes=11-", "bytes=20-30", "bytes=-0"])
+def test_an_unsatisfiable_range_is_a_416(value):
+    answer = _answer(value)
+    assert answer.status == 416 and answer.body == b""
+    assert dict(answer.headers)["Content-Range"] == "bytes */11"
+
+
+@pytest.mark.parametrize(
+    ("value", "extra"),
+    [
+        ("bytes=0-1,3-4", {}),  # several ranges: the whole response (a cache may ignore Range)
+        ("items=0-1", {}),
+        ("bytes=3-1", {}),
+        ("bytes=a-b", {}),
+        ("bytes=0-1", {"If-Range": '"other"'}),
+        ("bytes=0-1", {"If-Range": 'W/"v1"'}),  # If-Range needs a strong comparison
+    ],
+)
+def test_a_range_the_cache_ignores_gets_the_whole_200(value, extra):
+    answer = _answer(value, **extra)
+    assert answer.status == 200 and answer.body == BODY
+
+
+def test_if_range_with_the_stored_etag_gets_the_range():
+    assert _answer("bytes=0-1", **{"If-Range": '"v1"'}).status == 206

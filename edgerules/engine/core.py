@@ -50,6 +50,7 @@ from edgerules.httpcache import (
     effective_principal,
     evaluate_conditional,
     not_modified_headers,
+    partial_answer,
     replay_headers,
     revalidation_headers,
     stale_if_error_ok,
@@ -777,7 +778,7 @@ async def _cache_lookup(run: _Run) -> Decision | None:
     if lookup.servable:
         if lookup.status is CacheStatus.STALE:
             ctx.cache_revalidate = _background_revalidation(run, rule.name, entry)
-        return run.answer(answer_from_entry(entry, req.headers, run.state.now()))
+        return run.answer(answer_from_entry(entry, req.headers, run.state.now(), req.method))
     _make_conditional(run, rule.name, entry)  # EXPIRED with validators: the origin may answer 304
     if not stale_if_error_ok(rule, entry, run.state.now()):
         return None
@@ -806,11 +807,18 @@ def _cache_key(
     return cache_key(method, scheme, host, path, query, principal, dict(key_headers))
 
 
-def answer_from_entry(entry: CacheEntry, request_headers: HeaderInput, now: float) -> Answer:
-    """A stored entry as the client gets it: 304 when its own conditional matches, else the replay."""
+def answer_from_entry(
+    entry: CacheEntry, request_headers: HeaderInput, now: float, method: str = "GET"
+) -> Answer:
+    """A stored entry as the client gets it: 304 when its own conditional matches, 206/416 for a GET's Range
+    (RFC 9110 14), else the replay."""
     if evaluate_conditional(request_headers, entry):
         return Answer(304, tuple(not_modified_headers(entry, now)), b"", "not_modified")
-    return Answer(entry.status, tuple(replay_headers(entry, now)), entry.body, "cache_hit")
+    headers = replay_headers(entry, now)
+    if method == "GET" and (partial := partial_answer(entry, headers, request_headers)) is not None:
+        status, partial_headers, body = partial
+        return Answer(status, tuple(partial_headers), body, "cache_hit")
+    return Answer(entry.status, tuple(headers), entry.body, "cache_hit")
 
 
 def _make_conditional(run: _Run, rule_name: str, entry: CacheEntry) -> bool:
