@@ -71,7 +71,18 @@ def test_a_broken_exchange_fails_over_only_for_idempotent_methods():
     _, done, tried = _run("GET", [OriginEvent(PROTOCOL_ERROR), OK])
     assert tried == ["us-east-1", "us-west-2"] and done.relay
     _, done, tried = _run("POST", [OriginEvent(PROTOCOL_ERROR)], body_size=0)
-    assert tried == ["us-east-1"] and done.decision.outcome.status == 503
+    assert tried == ["us-east-1"] and done.decision.outcome.status == 502
+
+
+def test_an_origin_protocol_error_is_a_502_of_its_own_kind_not_every_region_down():
+    """One origin breaking HTTP (e.g. a Transfer-Encoding the strict parser refuses) is that origin's fault."""
+    _, done, _ = _run(
+        "GET", [OriginEvent(PROTOCOL_ERROR, detail="both Content-Length and Transfer-Encoding")] * 3
+    )
+    answer = done.decision.outcome
+    assert isinstance(answer, Answer) and answer.status == 502 and answer.kind == "upstream_protocol_error"
+    assert done.decision.context.error == "upstream_protocol_error"
+    assert json.loads(answer.body)["reason"] == "protocol"
 
 
 def test_every_region_unreachable_is_503_with_the_reason():
