@@ -90,7 +90,7 @@ class Done:
 def first_step(decision: Decision, method: str) -> Try:
     forward = decision.outcome
     assert isinstance(forward, Forward)
-    target = forward.targets[0]
+    target = forward.target(0)
     return Try(target, 0, method, forward.target_edits(target))
 
 
@@ -100,9 +100,8 @@ def next_step(policy: Policy, decision: Decision, step: Try, event: OriginEvent,
     target = step.target
     if event.kind != RESPONSE:
         notes = (*step.notes, TraceEntry("upstream", target.region, event.kind, event.detail))
-        targets = forward.targets
         again = event.kind == CONNECT_ERROR or (event.kind == PROTOCOL_ERROR and step.method in IDEMPOTENT)
-        if again and step.attempt + 1 < len(targets):
+        if again and step.attempt + 1 < len(forward.regions):
             return _try(forward, step, step.attempt + 1, notes, step.unconditional)
         stale = _stale_if_error(decision, step, now, notes, None)
         if stale is not None:
@@ -145,7 +144,7 @@ def next_step(policy: Policy, decision: Decision, step: Try, event: OriginEvent,
 def _try(
     forward: Forward, step: Try, attempt: int, notes: tuple[TraceEntry, ...], unconditional: bool
 ) -> Try:
-    target = forward.targets[attempt]
+    target = forward.target(attempt)
     edits = forward.target_edits(target)
     if unconditional:
         edits = edits.without_set(_CONDITIONAL)

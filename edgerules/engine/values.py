@@ -117,6 +117,20 @@ class Forward:
         """The edits for one target: the decision's, then the target's own headers (routing, Host) set."""
         return self.edits.then_set(target.headers)
 
+    def target(self, index: int) -> Target:
+        """`targets[index]` alone (the steps ask for one target at a time; most requests need only the first)."""
+        t = self.regions[index]
+        return Target(
+            t.region,
+            t.priority,
+            t.scheme,
+            t.host,
+            t.port,
+            t.path + self.path_and_query,
+            t.headers,
+            t.degraded,
+        )
+
     @property
     def targets(self) -> tuple[Target, ...]:
         """Where the request goes, in failover order: each region's base path + the request's path and
