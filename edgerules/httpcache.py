@@ -225,7 +225,8 @@ def parse_targeted_cache_control(value: str) -> dict[str, str | None] | None:
     """A targeted cache-control field (RFC 9213: CDN-Cache-Control and the like) as ``{directive: value}``, or
     None when it is not a valid Structured Field Dictionary (RFC 8941 4.2.2) or a freshness directive is not an
     integer: such a field is ignored and Cache-Control applies. Parameters are ignored, ``?0`` drops a key."""
-    text, pos, out = value.strip(" "), 0, {}
+    text, pos = value.strip(" "), 0
+    out: dict[str, str | None] = {}
     if not text:
         return None
     while True:

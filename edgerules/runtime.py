@@ -12,7 +12,7 @@ import os
 import stat
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from edgerules.cache import RevalidationGate
 from edgerules.diagnostics import PolicyError
@@ -29,6 +29,7 @@ from edgerules.engine.values import (
     EdgeResponse,
     Forward,
     HeaderView,
+    TraceEntry,
 )
 from edgerules.health import HealthRegistry
 from edgerules.httpcache import invalidates, invalidation_targets
@@ -96,7 +97,7 @@ class FinalResponse:
 class Exchange:
     """What the runtime remembers about one request between its phases."""
 
-    policy: Policy
+    policy: Policy | None  # None: no policy loaded yet (the answer is all_regions_down)
     decision: Decision
     started: float
     upstream_seconds: float | None = None
@@ -414,13 +415,15 @@ class EdgeRuntime:
         started = time.perf_counter()
         if prepared is None:
             answer = error_answer(None, "all_regions_down", reason="no_policy")
-            return Exchange(self._policy, Decision(answer, Context(), ()), started)  # type: ignore[arg-type]
+            return Exchange(self._policy, Decision(answer, Context(), ()), started)
         decision = await decide(req, prepared)
         return Exchange(prepared.policy, decision, started)
 
     def check_body(self, exchange: Exchange, size: int) -> Answer | None:
         """The body the client sent, once read: the engine's answer when it is over the limit (the exchange
         then carries that decision), else None."""
+        if exchange.policy is None:
+            return None  # already answered (no policy)
         refused = body_received(exchange.policy, exchange.decision, size)
         if refused is None:
             return None
@@ -444,7 +447,7 @@ class EdgeRuntime:
         original_headers = list(original_headers)
         policy = exchange.policy
         forward = exchange.decision.outcome
-        assert isinstance(forward, Forward)
+        assert policy is not None and isinstance(forward, Forward)  # only a decided request is forwarded
         last: list[UpstreamResponse] = []
         request = exchange.decision.request
         client = request.client_ip if request is not None else ""
@@ -592,10 +595,16 @@ class EdgeRuntime:
         # By default only an authenticated request may invalidate shared entries: an anonymous unsafe request (a
         # public path's POST) would otherwise let anyone keep a cached answer cold (`cache.invalidation: any`
         # follows RFC 9111 4.4 for every client).
+        policy = exchange.policy
         may_invalidate = ctx.identity is not None or (
-            exchange.policy.cache is not None and exchange.policy.cache.invalidation == "any"
+            policy is not None and policy.cache is not None and policy.cache.invalidation == "any"
         )
-        if exchange.policy.cache is not None and may_invalidate and invalidates(req.method, status):
+        if (
+            policy is not None
+            and policy.cache is not None
+            and may_invalidate
+            and invalidates(req.method, status)
+        ):
             path = ctx.path or req.path
             # RFC 9111 4.4: the target URI and same-origin Location / Content-Location targets
             for target in dict.fromkeys(
@@ -609,7 +618,8 @@ class EdgeRuntime:
             stats.stores_skipped += 1
             if self.metrics is not None:
                 self.metrics.prometheus.cache_stores_skipped.inc()
-            self._note(exchange.decision, "cache", ctx.cache_rule.name, "not-stored", "overload")
+            note = TraceEntry("cache", ctx.cache_rule.name, "not-stored", "overload")
+            exchange.decision = replace(exchange.decision, trace=(*exchange.decision.trace, note))
             return
         now = time.time()
         stats.stores_in_flight += 1
@@ -636,7 +646,7 @@ class EdgeRuntime:
         (and not again for answers looked up before the last refresh finished). True when scheduled."""
         ctx = exchange.decision.context
         forward, lookup = ctx.cache_revalidate, ctx.cache_lookup
-        if forward is None or lookup is None or self.state is None:
+        if forward is None or lookup is None or self.state is None or exchange.policy is None:
             return False
         if not self._revalidations.claim(lookup.key, exchange.started):
             return False

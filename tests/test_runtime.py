@@ -32,3 +32,25 @@ def test_reload_without_store_changes_needs_no_restart(tmp_path):
     write_policy(tmp_path, PORTS, {"store": {"backend": "memory"}, "routing": {"retries": 1}})
     assert asyncio.run(runtime.reload()) is True
     assert runtime.reload_status.restart_required is None
+
+
+def test_a_store_skipped_under_overload_is_noted_in_the_trace(tmp_path):
+    """The overload branch of after_response once called a helper that no longer existed (AttributeError)."""
+    import dataclasses
+
+    from edgerules import runtime as rt
+    from edgerules.engine.headers import HeaderEdits
+    from edgerules.engine.values import Context, Decision, EdgeRequest, Forward
+    from edgerules.httpcache import CacheRule
+    from edgerules.runtime import Exchange
+
+    path = write_policy(tmp_path, PORTS, {"store": {"backend": "memory"}})
+    runtime = EdgeRuntime(str(path), "e2e", environ=ENV)
+    runtime.load_initial()
+    ctx = dataclasses.replace(Context(), cache_rule=CacheRule(name="api", source="p.yaml:1"), cache_key="k")
+    forward = Forward((), "/x", HeaderEdits(), 1.0, 1.0)
+    exchange = Exchange(runtime.policy, Decision(forward, ctx, ()), 0.0)
+    runtime.cache_stats.stores_in_flight = rt.MAX_STORES_IN_FLIGHT
+    asyncio.run(runtime.after_response(exchange, EdgeRequest("GET", "/x"), 200, [], b"{}"))
+    assert runtime.cache_stats.stores_skipped == 1
+    assert exchange.decision.trace[-1][:4] == ("cache", "api", "not-stored", "overload")

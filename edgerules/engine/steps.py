@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from edgerules.engine.core import answer_from_entry, body_limit
 from edgerules.engine.errors import error_answer
@@ -40,6 +40,9 @@ from edgerules.engine.values import Answer, Decision, Forward, Target, TraceEntr
 from edgerules.httpcache import CacheEntry, merge_304, revalidation_headers, stale_if_error_ok
 from edgerules.kinds import ErrorKind
 from edgerules.model import Policy
+
+if TYPE_CHECKING:
+    from edgerules.cache import Lookup
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RESPONSE, CONNECT_ERROR, TIMEOUT, PROTOCOL_ERROR = "response", "connect_error", "timeout", "protocol_error"
@@ -151,7 +154,7 @@ def _try(
     return Try(target, attempt, step.method, edits, unconditional, notes)
 
 
-def _entry_status(lookup) -> int:
+def _entry_status(lookup: Lookup) -> int:
     return lookup.entry.status if lookup.entry is not None else 0
 
 
