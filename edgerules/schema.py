@@ -23,7 +23,7 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from edgerules.diagnostics import Diagnostic
 from edgerules.loader import LoadedDocument, join_pointer
-from edgerules.units import parse_duration, parse_size
+from edgerules.units import check_method, parse_duration, parse_size, suggest_method
 
 _MAX_SHOWN = 60
 _IDENT = re.compile(r"[A-Za-z0-9_-]+")
@@ -60,6 +60,7 @@ def _validator() -> Draft202012Validator:
     )
     checker.checks("edgerules-duration", raises=ValueError)(_checking(parse_duration))
     checker.checks("edgerules-size", raises=ValueError)(_checking(parse_size))
+    checker.checks("edgerules-method", raises=ValueError)(_checking(check_method))
     return Draft202012Validator(schema, format_checker=checker)
 
 
@@ -278,7 +279,15 @@ def _value_problem_text(error: ValidationError, schema: dict[str, Any], value: A
         )
     if keyword == "format":
         cause = f" ({error.cause})" if error.cause else ""
-        return f"expected {expected or error.validator_value}, got {shown}{cause}", ""
+        guess = (
+            suggest_method(value)
+            if error.validator_value == "edgerules-method" and isinstance(value, str)
+            else None
+        )
+        return (
+            f"expected {expected or error.validator_value}, got {shown}{cause}",
+            f"did you mean '{guess}'?" if guess else "",
+        )
     if expected and keyword in ("anyOf", "oneOf"):
         return f"expected {expected}, got {shown}{_format_cause(error.context)}", ""
     if expected and keyword in ("minProperties", "maxProperties") and isinstance(value, dict):

@@ -184,3 +184,33 @@ def suggest_size(value: object) -> str | None:
     except ValueError:
         return None
     return text
+
+
+# HTTP methods (RFC 9110 section 9): case-sensitive tokens. The standard ones, and any other token (M-SEARCH,
+# PROPFIND) as long as it is not a near-miss of a standard one, which in a policy is a typo (`GETT`, `post`).
+STANDARD_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def suggest_method(value: str) -> str | None:
+    """The standard method ``value`` looks like a typo of, or None."""
+    if value in STANDARD_METHODS:
+        return None
+    if value.upper() in STANDARD_METHODS:
+        return value.upper()
+    import difflib
+
+    close = difflib.get_close_matches(value.upper(), STANDARD_METHODS, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def check_method(value: str) -> str:
+    """``value`` if it is a method a policy may name; ValueError otherwise."""
+    if value in STANDARD_METHODS:
+        return value
+    if not _TOKEN.fullmatch(value):
+        raise ValueError("a method is a token: letters, digits and !#$%&'*+-.^_`|~")
+    guess = suggest_method(value)
+    if guess is not None:
+        raise ValueError(f"a near-miss of the standard method {guess}")
+    return value

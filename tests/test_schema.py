@@ -152,6 +152,8 @@ def test_minimal_policy_and_partial_overlays_are_valid() -> None:
         "store: {backend: redis, url: 'redis://cache.internal:6379/2'}",
         "classify: {classes: [{name: a, match: {header: [{name: X-A, present: true}], country: [US, GB]}}]}",
         "cache: {rules: [{name: o, match: {prefix: /a}, mode: origin}]}",
+        # RFC 9110 9.1: any token is a method; only near-misses of the standard ones are typos
+        "validation: {methods: [GET, M-SEARCH, PROPFIND, PURGE], content_types: {REPORT: [application/xml]}}",
     ],
 )
 def test_valid_snippets(snippet: str) -> None:
@@ -216,9 +218,17 @@ BROKEN = [
         "validation:\n  methods: [GET, GETT]\n",
         2,
         18,
-        "'GETT' is not an HTTP method; allowed: GET, HEAD, POST",
+        "validation.methods[1]: expected an HTTP method, got 'GETT' (a near-miss of the standard method GET)",
         "did you mean 'GET'?",
         id="bad-http-method",
+    ),
+    pytest.param(
+        "validation:\n  methods: [GET, 'BAD METHOD']\n",
+        2,
+        18,
+        "expected an HTTP method, got 'BAD METHOD' (a method is a token",
+        "",
+        id="method-not-a-token",
     ),
     pytest.param(
         "validation:\n  content_types: {post: [application/json]}\n",
