@@ -59,7 +59,7 @@ format: venv
 	$(BIN)/ruff format .
 
 docs: venv
-	$(BIN)/python -m edgerules.docgen > docs/policy-reference.md
+	$(BIN)/python -m edgerules.tools.docgen > docs/policy-reference.md
 
 clean:
 	rm -rf $(VENV) .edgerules-state rules/.edgerules-state .pytest_cache .ruff_cache

@@ -1,3 +1,3 @@
 """Entry point for `mitmdump -s addon.py --set edgerules_policy=rules/aybiza.yaml --set edgerules_env=local`."""
 
-from edgerules.addon import addons  # noqa: F401
+from edgerules.edge.addon import addons  # noqa: F401

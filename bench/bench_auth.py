@@ -36,8 +36,8 @@ from edgerules.auth.apikeys import ApiKeyStore  # noqa: E402
 from edgerules.engine.core import decide_request  # noqa: E402
 from edgerules.engine.state import EngineState  # noqa: E402
 from edgerules.engine.values import EdgeRequest, Forward, HeaderView  # noqa: E402
-from edgerules.model import Policy  # noqa: E402
-from edgerules.policy import load_policy_file  # noqa: E402
+from edgerules.policy.load import load_policy_file  # noqa: E402
+from edgerules.policy.model import Policy  # noqa: E402
 from edgerules.stores import Store, StoreConfig, open_store  # noqa: E402
 
 SECRET = "bench-secret-" + "s" * 40

@@ -31,12 +31,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edgerules.engine.core import decide_request  # noqa: E402
+from edgerules.engine.health import HealthRegistry  # noqa: E402
 from edgerules.engine.state import EngineState  # noqa: E402
 from edgerules.engine.values import EdgeRequest, HeaderView  # noqa: E402
-from edgerules.health import HealthRegistry  # noqa: E402
-from edgerules.loader import load_yaml_file  # noqa: E402
-from edgerules.model import Policy  # noqa: E402
-from edgerules.policy import load_policy_file  # noqa: E402
+from edgerules.policy.load import load_policy_file  # noqa: E402
+from edgerules.policy.loader import load_yaml_file  # noqa: E402
+from edgerules.policy.model import Policy  # noqa: E402
 from edgerules.stores.memory import MemoryStore  # noqa: E402
 
 SEED = REPO / "rules" / "aybiza.yaml"

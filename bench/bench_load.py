@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edgerules.policy import load_policy_file  # noqa: E402
+from edgerules.policy.load import load_policy_file  # noqa: E402
 
 ENVIRON = {"JWT_SECRET": "b" * 48, "REDIS_URL": "redis://127.0.0.1:6379/0"}
 

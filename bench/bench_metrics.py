@@ -66,7 +66,7 @@ def requests_counted(proxy: Proxy) -> float:
 
 def record_cost_us(n: int = 50_000) -> float:
     """Microseconds per `MetricsRecorder.record` (the only metrics work on the request path), in process."""
-    from edgerules.metrics import MetricsConfig, MetricsRecorder, RequestRecord
+    from edgerules.observe.metrics import MetricsConfig, MetricsRecorder, RequestRecord
     from edgerules.stores.memory import MemoryStore
 
     recorder = MetricsRecorder(MemoryStore(), MetricsConfig(), instance_id="bench", regions=["us-east-1"])

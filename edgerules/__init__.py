@@ -2,13 +2,13 @@
 
 The public surface, for embedding the engine (everything else is internal and may move)::
 
-    from edgerules import EngineState, EdgeRequest, load_policy_file, prepare, decide
+    from edgerules import EdgeRequest, EngineState, decide, load_policy_file, prepare
 
     policy = load_policy_file("rules/aybiza.yaml", env="local")
     prepared = prepare(policy, EngineState(store))        # once per policy (at install)
     decision = await decide(EdgeRequest("GET", "/health"), prepared)
 
-The names are imported on first use (PEP 562), so `import edgerules.model` or `edgerules validate` never pays for
+The names are imported on first use (PEP 562), so `import edgerules.policy.model` or `edgerules validate` never pays for
 the engine, and the engine never pays for the CLI.
 """
 
@@ -28,14 +28,14 @@ _EXPORTS = {
     "EngineState": "edgerules.engine.state",
     "Forward": "edgerules.engine.values",
     "HeaderView": "edgerules.headerview",
-    "Policy": "edgerules.model",
+    "Policy": "edgerules.policy.model",
     "PolicyError": "edgerules.diagnostics",
     "PreparedPolicy": "edgerules.engine.core",
     "decide": "edgerules.engine.core",
     "decide_request": "edgerules.engine.core",
-    "load_policy_file": "edgerules.policy",
+    "load_policy_file": "edgerules.policy.load",
     "prepare": "edgerules.engine.core",
-    "validate_file": "edgerules.policy",
+    "validate_file": "edgerules.policy.load",
 }
 
 __all__ = [
@@ -78,5 +78,5 @@ if TYPE_CHECKING:
     from edgerules.engine.values import Answer, Decision, EdgeRequest, Forward
     from edgerules.headerview import HeaderView
     from edgerules.kinds import EdgeRulesError
-    from edgerules.model import Policy
-    from edgerules.policy import load_policy_file, validate_file
+    from edgerules.policy.load import load_policy_file, validate_file
+    from edgerules.policy.model import Policy

@@ -3,4 +3,4 @@
 Same addon as the repository's `addon.py`; this one exists wherever edgerules is pip-installed.
 """
 
-from edgerules.addon import addons  # noqa: F401
+from edgerules.edge.addon import addons  # noqa: F401

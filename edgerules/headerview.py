@@ -1,6 +1,6 @@
 """`HeaderView`: the one header type of the engine, the cache rules and the tools (no mitmproxy types).
 
-A leaf: the HTTP caching rules (`edgerules.httpcache`) and the engine's values (`edgerules.engine.values`) both
+A leaf: the HTTP caching rules (`edgerules.cache.http`) and the engine's values (`edgerules.engine.values`) both
 build on it, so it imports nothing from edgerules.
 """
 

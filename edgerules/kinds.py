@@ -1,7 +1,7 @@
 """The closed vocabularies of the edge, and the one exception root.
 
 Every kind below is a `Literal`, so mypy (in `make lint`) refuses a misspelt kind where it is written instead of a
-`KeyError` answered 500 at request time; tests/test_kinds.py checks that every error kind has its default answer
+`KeyError` answered 500 at request time; tests/unit/test_kinds.py checks that every error kind has its default answer
 (`model.DEFAULT_ERRORS`) and a key in the policy schema's `errors` section. A leaf: imports nothing from edgerules.
 """
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import jwt
 
 from edgerules.engine.core import decide_request
+from edgerules.engine.health import HealthRegistry
 from edgerules.engine.state import EngineState
 from edgerules.engine.values import Decision, EdgeRequest, HeaderView
-from edgerules.health import HealthRegistry
-from edgerules.model import Policy
-from edgerules.policy import load_policy_file
+from edgerules.policy.load import load_policy_file
+from edgerules.policy.model import Policy
 from edgerules.stores.memory import MemoryStore
 
 ROOT = Path(__file__).resolve().parent.parent

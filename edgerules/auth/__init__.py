@@ -1,5 +1,5 @@
 """Authentication: JWT (PyJWT + JWKS), API keys, identity headers.
 
 Import the submodules (`edgerules.auth.jwt`, `.jwks`, `.apikeys`, `.identity`): this package imports nothing
-itself, so `edgerules.model` (which only needs the auth *settings*) never loads PyJWT or cryptography.
+itself, so `edgerules.policy.model` (which only needs the auth *settings*) never loads PyJWT or cryptography.
 """

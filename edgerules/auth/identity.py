@@ -16,7 +16,7 @@ from typing import Literal, Protocol
 
 from edgerules.kinds import AuthReason, EdgeRulesError
 from edgerules.memo import remember
-from edgerules.model import IdentityHeaderNames
+from edgerules.policy.model import IdentityHeaderNames
 from edgerules.timefmt import utc_iso_millis
 
 AuthMethod = Literal["jwt", "api_key"]
@@ -51,7 +51,7 @@ IDENTITY_HEADERS = IdentityHeaderNames()
 
 
 class HeaderNames(Protocol):
-    """Anything with the four name attributes (e.g. `edgerules.model.IdentityHeaderNames`)."""
+    """Anything with the four name attributes (e.g. `edgerules.policy.model.IdentityHeaderNames`)."""
 
     @property
     def user(self) -> str: ...

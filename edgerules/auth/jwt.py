@@ -29,7 +29,7 @@ from jwt import exceptions as jwt_errors
 from edgerules.auth.identity import AuthFailure, Identity, valid_identity_fields
 from edgerules.auth.jwks import ASYMMETRIC_ALGORITHMS, JwksSource
 from edgerules.kinds import AuthReason
-from edgerules.model import ClaimMapping, JwtConfig
+from edgerules.policy.model import ClaimMapping, JwtConfig
 
 __all__ = ["AuthFailure", "ClaimMapping", "Identity", "JwtConfig", "JwtVerifier"]
 

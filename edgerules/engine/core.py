@@ -24,25 +24,7 @@ from edgerules.auth.identity import (
     parse_authorization,
 )
 from edgerules.auth.jwt import AuthFailure, JwtConfig, JwtVerifier
-from edgerules.cache import CacheStatus
-from edgerules.engine import cors
-from edgerules.engine.errors import error_answer
-from edgerules.engine.geo import is_trusted, locate
-from edgerules.engine.headers import HeaderEdits
-from edgerules.engine.match import match_request, media_matches, media_type
-from edgerules.engine.routing import RoutePlan, candidates, plan_route
-from edgerules.engine.state import EngineState
-from edgerules.engine.values import (
-    Answer,
-    Context,
-    Decision,
-    EdgeRequest,
-    EdgeResponse,
-    Forward,
-    HeaderView,
-    TraceEntry,
-)
-from edgerules.httpcache import (
+from edgerules.cache.http import (
     CacheEntry,
     CacheRule,
     HeaderInput,
@@ -55,11 +37,29 @@ from edgerules.httpcache import (
     revalidation_headers,
     stale_if_error_ok,
 )
+from edgerules.cache.response import CacheStatus
+from edgerules.engine import cors
+from edgerules.engine.errors import error_answer
+from edgerules.engine.geo import is_trusted, locate
+from edgerules.engine.headers import HeaderEdits
+from edgerules.engine.match import match_request, media_matches, media_type
+from edgerules.engine.ratelimit import RateLimitResult
+from edgerules.engine.routing import RoutePlan, candidates, plan_route
+from edgerules.engine.state import EngineState
+from edgerules.engine.values import (
+    Answer,
+    Context,
+    Decision,
+    EdgeRequest,
+    EdgeResponse,
+    Forward,
+    HeaderView,
+    TraceEntry,
+)
 from edgerules.kinds import ErrorKind, TracePhase
 from edgerules.memo import remember
-from edgerules.model import Auth, Match, Policy, RateLimitRule
 from edgerules.paths import PathError, check_query, normalise_path, split_path
-from edgerules.ratelimit import RateLimitResult
+from edgerules.policy.model import Auth, Match, Policy, RateLimitRule
 from edgerules.stores.base import StoreUnavailable
 from edgerules.timefmt import utc_iso_millis
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from edgerules.engine.values import HeaderView
-from edgerules.model import CorsRule
+from edgerules.policy.model import CorsRule
 
 
 def find_rule(

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from edgerules.engine.values import Answer
 from edgerules.kinds import ErrorKind
-from edgerules.model import DEFAULT_ERRORS, Policy
+from edgerules.policy.model import DEFAULT_ERRORS, Policy
 
 
 def error_answer(

@@ -11,7 +11,7 @@ import ipaddress
 from typing import Any
 
 from edgerules.engine.values import HeaderView
-from edgerules.model import Geo
+from edgerules.policy.model import Geo
 
 
 @functools.lru_cache(maxsize=4096)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from edgerules.engine.values import HeaderView
-from edgerules.model import Match
 from edgerules.paths import split_path
+from edgerules.policy.model import Match
 
 
 def media_type(content_type: str | None) -> str | None:

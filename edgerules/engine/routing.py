@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from edgerules.engine.values import Target, TraceEntry
-from edgerules.model import LatencyTarget, Policy, Region
+from edgerules.policy.model import LatencyTarget, Policy, Region
 
 EARTH_RADIUS_KM = 6371.0
 

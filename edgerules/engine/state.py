@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 from edgerules.auth.apikeys import ApiKeyStore
 from edgerules.auth.jwks import JwksSource
 from edgerules.auth.jwt import JwtConfig, JwtVerifier
-from edgerules.cache import ResponseCache
-from edgerules.health import HealthRegistry
-from edgerules.ratelimit import RateLimiter
+from edgerules.cache.response import ResponseCache
+from edgerules.engine.health import HealthRegistry
+from edgerules.engine.ratelimit import RateLimiter
 from edgerules.stores.base import Store
 
 if TYPE_CHECKING:
     from edgerules.engine.core import PreparedPolicy
-    from edgerules.model import Policy
+    from edgerules.policy.model import Policy
 
 
 class EngineState:

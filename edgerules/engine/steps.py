@@ -33,16 +33,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from edgerules.cache.http import CacheEntry, merge_304, revalidation_headers, stale_if_error_ok
 from edgerules.engine.core import answer_from_entry, body_limit
 from edgerules.engine.errors import error_answer
 from edgerules.engine.headers import HeaderEdits
 from edgerules.engine.values import Answer, Decision, Forward, Target, TraceEntry
-from edgerules.httpcache import CacheEntry, merge_304, revalidation_headers, stale_if_error_ok
 from edgerules.kinds import ErrorKind
-from edgerules.model import Policy
+from edgerules.policy.model import Policy
 
 if TYPE_CHECKING:
-    from edgerules.cache import Lookup
+    from edgerules.cache.response import Lookup
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RESPONSE, CONNECT_ERROR, TIMEOUT, PROTOCOL_ERROR = "response", "connect_error", "timeout", "protocol_error"

@@ -15,10 +15,10 @@ from edgerules.engine.headers import HeaderEdits
 
 if TYPE_CHECKING:
     from edgerules.auth.identity import Identity
-    from edgerules.cache import Lookup
-    from edgerules.httpcache import CacheRule
-    from edgerules.model import CorsRule
-    from edgerules.ratelimit import RateLimitResult
+    from edgerules.cache.http import CacheRule
+    from edgerules.cache.response import Lookup
+    from edgerules.engine.ratelimit import RateLimitResult
+    from edgerules.policy.model import CorsRule
 
 from edgerules.headerview import HeaderView as HeaderView  # re-exported: the engine's header type
 from edgerules.kinds import AnswerKind, TracePhase

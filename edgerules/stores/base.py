@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from edgerules.kinds import EdgeRulesError
-from edgerules.model import StoreConfig as StoreConfig  # re-exported: the store settings live in the model
+from edgerules.policy.model import (
+    StoreConfig as StoreConfig,  # re-exported: the store settings live in the model
+)
 
 RESERVED_PREFIX = "tag:"
 

@@ -16,13 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from edgerules.metrics import HourRollup
-from tests.support.origins import Origins, start_origins
-from tests.support.policies import write_policy
-from tests.support.proxy import Proxy, Response, http, start_mitmdump
-from tests.support.redis_server import RedisServer, require_redis_server
-from tests.test_e2e_auth import Stack, away_from_window_edge, get, new_key, unique_path
-from tests.test_e2e_metrics import (
+from edgerules.observe.metrics import HourRollup
+from tests.e2e.test_e2e_auth import Stack, away_from_window_edge, get, new_key, unique_path
+from tests.e2e.test_e2e_metrics import (
     EDGE_ENV,
     bearer,
     parse_prometheus,
@@ -30,6 +26,10 @@ from tests.test_e2e_metrics import (
     report_totals,
     series,
 )
+from tests.support.origins import Origins, start_origins
+from tests.support.policies import write_policy
+from tests.support.proxy import Proxy, Response, http, start_mitmdump
+from tests.support.redis_server import RedisServer, require_redis_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.resilience]
 

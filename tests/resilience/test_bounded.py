@@ -478,8 +478,8 @@ def test_an_origin_answer_over_the_cap_is_refused_with_its_own_error(tight):
 
 @pytest.fixture(scope="module", params=["mitmdump", "serve"])
 def tls_edge(request, origins, tmp_path_factory) -> Iterator[tuple[Proxy, object]]:
+    from tests.e2e.test_tls_http2 import start
     from tests.support.tls import make_certs
-    from tests.test_tls_http2 import start
 
     tmp = tmp_path_factory.mktemp(f"bounded-tls-{request.param}")
     certs = make_certs(tmp)

@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 
 from edgerules.auth.apikeys import ApiKeyStore, hash_key
-from edgerules.commands._common import open_policy_store
-from edgerules.metrics import HOUR, HourRollup, read_rollups
-from edgerules.policy import load_policy_file
+from edgerules.observe.metrics import HOUR, HourRollup, read_rollups
+from edgerules.policy.load import load_policy_file
 from edgerules.stores import StoreConfig, open_store
+from edgerules.tools.commands._common import open_policy_store
 from tests.resilience.load import LoadGenerator, Sample, between, describe, failures, percentile
 from tests.support.origins import Origins, start_origins
 from tests.support.policies import ENV, write_policy

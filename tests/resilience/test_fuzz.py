@@ -1,7 +1,7 @@
 """Property-based fuzzing (Hypothesis, derandomized for CI): the validator and the engine never crash.
 
 - Arbitrary YAML text and arbitrary mutations of the shipped policy through `edgerules validate` (in-process,
-  output captured) and `edgerules.policy.validate_paths`: exit 0 or 1, never 3, never a traceback.
+  output captured) and `edgerules.policy.load.validate_paths`: exit 0 or 1, never 3, never a traceback.
 - Arbitrary requests through `decide_request` on the shipped policy with a memory store: no exception, no
   status >= 500, and never a Forward for a request an independent oracle (below) says must be refused.
 """
@@ -25,14 +25,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgerules.auth.apikeys import ApiKeyStore
-from edgerules.cli import main as cli_main
 from edgerules.engine.core import decide_request
+from edgerules.engine.health import HealthRegistry
 from edgerules.engine.state import EngineState
 from edgerules.engine.values import Answer, EdgeRequest, Forward, HeaderView
-from edgerules.health import HealthRegistry
-from edgerules.loader import load_yaml_file
-from edgerules.policy import validate_paths
+from edgerules.policy.load import validate_paths
+from edgerules.policy.loader import load_yaml_file
 from edgerules.stores.memory import MemoryStore
+from edgerules.tools.cli import main as cli_main
 from tests.engine_support import SEED_POLICY, seed_policy, token
 
 pytestmark = pytest.mark.resilience

@@ -27,12 +27,12 @@ import jwt
 import pytest
 
 from edgerules.auth.apikeys import ApiKeyStore, generate_key, hash_key
-from edgerules.policy import load_policy_file
+from edgerules.policy.load import load_policy_file
 from edgerules.stores import open_store
+from tests.e2e.test_e2e_auth import _bad_bearer_tokens
 from tests.support.origins import Origins, start_origins
 from tests.support.policies import ENV, JWT_SECRET, write_policy
 from tests.support.proxy import Proxy, http, http_raw, start_edge_process
-from tests.test_e2e_auth import _bad_bearer_tokens
 
 pytestmark = [pytest.mark.e2e, pytest.mark.resilience]
 

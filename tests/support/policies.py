@@ -15,7 +15,7 @@ from typing import Any
 
 import jwt
 
-from edgerules.loader import load_yaml_file
+from edgerules.policy.loader import load_yaml_file
 
 from .processes import REPO_ROOT
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from edgerules.auth.apikeys import ApiKeyStore
-from edgerules.metrics import HOUR, HourRollup, read_rollups
-from edgerules.policy import load_policy_file
+from edgerules.observe.metrics import HOUR, HourRollup, read_rollups
+from edgerules.policy.load import load_policy_file
 from edgerules.stores import open_store
 from edgerules.stores.base import Store
 

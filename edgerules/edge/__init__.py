@@ -1,0 +1,1 @@
+"""The running proxy: the mitmproxy adapters, the runtime, the origin client, probes, admin."""

@@ -1,0 +1,1 @@
+"""Metrics, their Prometheus exposition, the hourly rollups' report, rate-limited logging."""

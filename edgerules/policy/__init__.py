@@ -1,0 +1,1 @@
+"""From YAML to the compiled `Policy`: load, check (schema, semantics), substitute, compile."""

@@ -1,0 +1,1 @@
+"""The `edgerules` console script and the offline commands (test, explain, replay, docgen)."""
